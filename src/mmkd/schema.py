@@ -1,0 +1,106 @@
+"""The one definition of every table that flows between stages: news items, gold labels and model answers.
+
+Gold labels live in their own file (``<split>.gold.parquet``) beside the items (``<split>.parquet``), so the DVC
+graph itself shows which stages can see them: only ``split`` (conflict items only) and ``evaluate`` (test).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+PRISTINE = "pristine"
+FALSIFIED = "falsified"
+LABELS: tuple[str, ...] = (PRISTINE, FALSIFIED)
+
+# A news item: an image plus a caption, with optional web evidence. ``image_path`` is relative to the directory
+# that holds the Parquet file (absolute paths are allowed too).
+ITEM_SCHEMA: dict[str, pl.DataType] = {
+    "id": pl.String(),
+    "image_path": pl.String(),
+    "caption": pl.String(),
+    "evidence_entities": pl.List(pl.String()),  # visual entities of the image (may be null)
+    "evidence_captions": pl.List(pl.String()),  # captions found by inverse image search (may be null)
+}
+
+GOLD_SCHEMA: dict[str, pl.DataType] = {"id": pl.String(), "gold_label": pl.String()}
+
+# Status of one answer. ``ok``: parsed; ``unparsed``: the text did not follow the answer format (kept, never
+# guessed); ``error``: the backend failed on this item; ``skipped``: the item itself is bad (missing image, ...).
+STATUSES: tuple[str, ...] = ("ok", "unparsed", "error", "skipped")
+
+# One answer of one model (a teacher, or a student variant at evaluation) to one item.
+ANSWER_SCHEMA: dict[str, pl.DataType] = {
+    "id": pl.String(),
+    "source": pl.String(),  # teacher name, or zero_shot / stage1 / stage2
+    "label": pl.String(),  # one of LABELS, null unless status == "ok"
+    "rationale": pl.String(),
+    "raw_text": pl.String(),
+    "status": pl.String(),
+    "error": pl.String(),  # what went wrong and how to fix it, null when status == "ok"
+    "prompt_version": pl.String(),
+}
+
+
+class SchemaError(ValueError):
+    """A table on disk does not have the columns or values a stage needs."""
+
+
+def gold_path(items_path: str | Path) -> Path:
+    """The gold-label file that belongs to an items file: ``train.parquet`` -> ``train.gold.parquet``."""
+    p = Path(items_path)
+    return p.with_name(p.name.removesuffix(".parquet") + ".gold.parquet")
+
+
+def _conform(df: pl.DataFrame, schema: dict[str, pl.DataType], path: Path, optional: tuple[str, ...] = ()) -> pl.DataFrame:
+    missing = [c for c in schema if c not in df.columns and c not in optional]
+    if missing:
+        raise SchemaError(f"{path}: missing column(s) {missing}; expected columns {list(schema)}")
+    for col in optional:
+        if col not in df.columns:
+            df = df.with_columns(pl.lit(None, dtype=schema[col]).alias(col))
+    try:
+        df = df.select([pl.col(c).cast(t) for c, t in schema.items()])
+    except pl.exceptions.PolarsError as exc:
+        raise SchemaError(f"{path}: a column has the wrong type ({exc}); expected {schema}") from exc
+    dupes = df.filter(pl.col("id").is_duplicated())["id"].unique().to_list()
+    if dupes:
+        raise SchemaError(f"{path}: duplicate item id(s) {dupes[:5]}; ids must be unique")
+    return df
+
+
+def read_items(path: str | Path) -> pl.DataFrame:
+    """Read and validate a news-item table; ``image_path`` is returned resolved to an absolute path."""
+    path = Path(path)
+    df = _conform(pl.read_parquet(path), ITEM_SCHEMA, path, optional=("evidence_entities", "evidence_captions"))
+    root = path.parent.resolve()
+    return df.with_columns(
+        pl.col("image_path").map_elements(lambda p: str(root / p), return_dtype=pl.String()).alias("image_path")
+    )
+
+
+def read_gold(path: str | Path) -> pl.DataFrame:
+    """Read gold labels and check every value is a known label."""
+    path = Path(path)
+    df = _conform(pl.read_parquet(path), GOLD_SCHEMA, path)
+    bad = df.filter(~pl.col("gold_label").is_in(LABELS))
+    if len(bad):
+        raise SchemaError(f"{path}: item {bad['id'][0]!r} has gold_label {bad['gold_label'][0]!r}; use one of {LABELS}")
+    return df
+
+
+def read_answers(path: str | Path) -> pl.DataFrame:
+    """Read and validate a table of answers."""
+    path = Path(path)
+    return _conform(pl.read_parquet(path), ANSWER_SCHEMA, path)
+
+
+def answers_frame(rows: list[dict]) -> pl.DataFrame:
+    """Build an answers table with the exact schema (also when ``rows`` is empty)."""
+    return pl.DataFrame(rows, schema=ANSWER_SCHEMA)
+
+
+def items_frame(rows: list[dict]) -> pl.DataFrame:
+    """Build an items table with the exact schema."""
+    return pl.DataFrame(rows, schema=ITEM_SCHEMA)
