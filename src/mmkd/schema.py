@@ -70,14 +70,19 @@ def _conform(df: pl.DataFrame, schema: dict[str, pl.DataType], path: Path, optio
     return df
 
 
-def read_items(path: str | Path) -> pl.DataFrame:
-    """Read and validate a news-item table; ``image_path`` is returned resolved to an absolute path."""
+def conform_items(df: pl.DataFrame, path: str | Path) -> pl.DataFrame:
+    """Validate an items table read from ``path`` and resolve ``image_path`` against the file's directory."""
     path = Path(path)
-    df = _conform(pl.read_parquet(path), ITEM_SCHEMA, path, optional=("evidence_entities", "evidence_captions"))
+    df = _conform(df, ITEM_SCHEMA, path, optional=("evidence_entities", "evidence_captions"))
     root = path.parent.resolve()
     return df.with_columns(
         pl.col("image_path").map_elements(lambda p: str(root / p), return_dtype=pl.String()).alias("image_path")
     )
+
+
+def read_items(path: str | Path) -> pl.DataFrame:
+    """Read and validate a news-item table; ``image_path`` is returned resolved to an absolute path."""
+    return conform_items(pl.read_parquet(path), path)
 
 
 def read_gold(path: str | Path) -> pl.DataFrame:

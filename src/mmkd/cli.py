@@ -1,0 +1,103 @@
+"""The ``mmkd`` command line: ``predict`` (one item or a file of items) and ``compose`` (conf/ -> params.yaml)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import polars as pl
+import yaml
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from mmkd.items import BadItem, check_caption
+    from mmkd.predict import load_predictor, predict_items, read_item_file
+    from mmkd.schema import items_frame
+
+    single = args.image is not None or args.caption is not None
+    if single == (args.items is not None):
+        raise SystemExit("mmkd predict: give either --image and --caption, or --items FILE --out FILE")
+    predictor = load_predictor(
+        adapter=args.adapter, base=args.base, prompt_version=args.prompt_version, batch_size=args.batch_size
+    )
+    if single:
+        if args.image is None:
+            raise SystemExit("mmkd predict: --caption needs --image")
+        try:
+            check_caption("cli", args.caption)
+        except BadItem as exc:
+            raise SystemExit(f"mmkd predict: {exc}") from None
+        items = items_frame([{"id": "cli", "image_path": str(Path(args.image).resolve()), "caption": args.caption}])
+        row = predict_items(predictor, items, args.prompt_version).row(0, named=True)
+        if row["status"] == "skipped":
+            raise SystemExit(f"mmkd predict: {row['error']}")
+        out = {"label": row["label"], "rationale": row["rationale"]}
+        if row["status"] != "ok":
+            out |= {"status": row["status"], "raw_text": row["raw_text"]}
+        print(json.dumps(out))
+        return 0
+    if args.out is None:
+        raise SystemExit("mmkd predict: --items needs --out (a .parquet or .jsonl file)")
+    answers = predict_items(predictor, read_item_file(args.items), args.prompt_version)
+    out = Path(args.out)
+    if out.suffix == ".jsonl":
+        answers.write_ndjson(out)
+    else:
+        answers.write_parquet(out)
+    counts = dict(answers["status"].value_counts().iter_rows())
+    print(json.dumps({"out": str(out), "n": len(answers), "status": counts}))
+    return 0
+
+
+def compose(overrides: list[str], config_dir: str | Path = "conf") -> dict:
+    """Compose the Hydra config in ``config_dir`` with ``overrides`` (as ``dvc exp run -S`` does)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base=None):
+        cfg = hydra_compose(config_name="config", overrides=overrides)
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def _compose(args: argparse.Namespace) -> int:
+    params = compose(args.overrides, args.config_dir)
+    text = yaml.safe_dump(params, sort_keys=False)
+    if args.out == "-":
+        sys.stdout.write(text)
+    else:
+        Path(args.out).write_text(text)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(prog="mmkd", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("predict", help="label one image+caption, or a .parquet/.jsonl file of items")
+    p.add_argument("--image", help="image file")
+    p.add_argument("--caption", help="the caption to check against the image")
+    p.add_argument("--items", help="a .parquet or .jsonl file of items (id, image_path, caption)")
+    p.add_argument("--out", help="where batch predictions go (.parquet or .jsonl)")
+    p.add_argument("--adapter", default="models/stage2", help="an mmkd adapter directory (default: models/stage2)")
+    p.add_argument("--base", help="base model directory (default: the one the adapter records)")
+    p.add_argument("--prompt-version", default="v1", help="prompt template version the student was trained on")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.set_defaults(func=_predict)
+
+    c = sub.add_parser("compose", help="compose conf/ into params.yaml (what `dvc exp run` does)")
+    c.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data=demo_ci stage2.dpo.beta=0.2")
+    c.add_argument("--config-dir", default="conf")
+    c.add_argument("--out", default="params.yaml", help="output file, or - for stdout")
+    c.set_defaults(func=_compose)
+
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""Load vision-language models through the Auto classes and generate answers in batches.
+
+Everything here is the real-model path: ``AutoModelForImageTextToText``, ``AutoProcessor`` and the processor's
+own chat template. The tiny demo models go through exactly the same calls.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+import mmkd.processors  # noqa: F401  (registers the image-only Qwen2-VL processor with AutoProcessor)
+
+log = logging.getLogger(__name__)
+
+# Written next to every adapter mmkd saves: which base model it belongs to and which adapter (if any) must be
+# merged into the base first. This is how a Stage-2 adapter (trained on top of merged Stage 1) is found again.
+ADAPTER_INFO = "mmkd_adapter.json"
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` means CUDA when there is one, else CPU."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def load_model(path: str | Path, *, dtype: str = "float32", device: str = "auto", device_map: str | None = None):
+    """Load a model and its processor from a local directory (or any name ``from_pretrained`` accepts)."""
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(DTYPES)}")
+    kwargs = {"dtype": DTYPES[dtype]}
+    if device_map:
+        kwargs["device_map"] = device_map
+    model = AutoModelForImageTextToText.from_pretrained(str(path), **kwargs)
+    if not device_map:
+        model.to(resolve_device(device))
+    processor = AutoProcessor.from_pretrained(str(path))
+    return model, processor
+
+
+def write_adapter_info(adapter_dir: str | Path, *, base: str, parent: str | None) -> None:
+    """Record the base model and the parent adapter that ``adapter_dir`` was trained on top of."""
+    info = {"base": str(base), "parent": str(parent) if parent else None}
+    (Path(adapter_dir) / ADAPTER_INFO).write_text(json.dumps(info, indent=2) + "\n")
+
+
+def adapter_chain(adapter_dir: str | Path) -> tuple[str, list[str]]:
+    """The base model and the adapters to apply in order (oldest first) for ``adapter_dir``."""
+    chain: list[str] = []
+    current: str | None = str(adapter_dir)
+    base = None
+    while current:
+        info_path = Path(current) / ADAPTER_INFO
+        if not info_path.is_file():
+            raise FileNotFoundError(f"{current} is not an mmkd adapter (no {ADAPTER_INFO}); pass a stage1/stage2 output")
+        info = json.loads(info_path.read_text())
+        chain.insert(0, current)
+        base = info["base"]
+        current = info["parent"]
+    return base, chain
+
+
+def load_student(
+    base: str | Path | None, adapter: str | Path | None, *, dtype: str = "float32", device: str = "auto"
+):
+    """Load a base model with an mmkd adapter chain merged in; ``base=None`` takes the base the adapter records."""
+    from peft import PeftModel
+
+    chain: list[str] = []
+    if adapter:
+        recorded, chain = adapter_chain(adapter)
+        base = base or recorded
+    if base is None:
+        raise ValueError("no base model: pass a base model path or an adapter directory")
+    model, processor = load_model(base, dtype=dtype, device=device)
+    for step in chain:
+        model = PeftModel.from_pretrained(model, step).merge_and_unload()
+    return model, processor
+
+
+def user_turn(prompt: str) -> list[dict]:
+    """One user message holding the image, then the prompt text."""
+    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+
+
+def assistant_turn(text: str) -> list[dict]:
+    """One assistant message holding ``text``."""
+    return [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
+
+
+@torch.inference_mode()
+def generate(
+    model,
+    processor,
+    prompts: list[str],
+    images: list[Image.Image],
+    *,
+    max_new_tokens: int = 64,
+    batch_size: int = 16,
+    desc: str = "generate",
+) -> list[str]:
+    """Greedy answers for (image, prompt) pairs, in batches with left padding; returns the decoded new text."""
+    texts = [processor.apply_chat_template(user_turn(p), add_generation_prompt=True, tokenize=False) for p in prompts]
+    out: list[str] = []
+    model.eval()
+    device = next(model.parameters()).device
+    for start in tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch", disable=len(texts) <= batch_size):
+        enc = processor(
+            text=texts[start : start + batch_size],
+            images=images[start : start + batch_size],
+            padding=True,
+            padding_side="left",
+            return_tensors="pt",
+        ).to(device)
+        ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)
+        out.extend(processor.batch_decode(ids[:, enc["input_ids"].shape[1] :], skip_special_tokens=True))
+    return [t.strip() for t in out]

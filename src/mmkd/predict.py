@@ -1,0 +1,44 @@
+"""Score new items with a trained student: one image + caption, or a whole Parquet/JSONL file of items."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from mmkd.labelling import label_items
+from mmkd.schema import ITEM_SCHEMA, SchemaError, conform_items, read_items
+from mmkd.teachers.local import LocalConfig, LocalTeacher
+
+
+def load_predictor(
+    *, adapter: str | None, base: str | None, prompt_version: str, batch_size: int = 16, max_new_tokens: int = 64
+):
+    """A local backend for the student: ``base`` defaults to the base model the adapter records."""
+    if adapter is None and base is None:
+        raise ValueError("give --adapter (a stage1/stage2 output) or --base (a model directory)")
+    from mmkd.modeling import adapter_chain
+
+    base = base or adapter_chain(adapter)[0]
+    return LocalTeacher(
+        LocalConfig(model=base, adapter=adapter, batch_size=batch_size, max_new_tokens=max_new_tokens), name="student"
+    )
+
+
+def read_item_file(path: str | Path) -> pl.DataFrame:
+    """Items from ``.parquet`` or ``.jsonl`` (``id``, ``image_path``, ``caption``, optional evidence); relative
+    image paths are taken from the file's directory."""
+    path = Path(path)
+    if path.suffix == ".parquet":
+        return read_items(path)
+    if path.suffix == ".jsonl":
+        df = pl.read_ndjson(path, schema_overrides={k: v for k, v in ITEM_SCHEMA.items() if k != "id"})
+        if "id" in df.columns:
+            df = df.with_columns(pl.col("id").cast(pl.String))
+        return conform_items(df, path)
+    raise SchemaError(f"{path}: unsupported item file; use .parquet or .jsonl")
+
+
+def predict_items(predictor: LocalTeacher, items: pl.DataFrame, prompt_version: str) -> pl.DataFrame:
+    """Answers (answers schema) of the student to every item."""
+    return label_items(predictor, items, source="student", prompt_version=prompt_version)

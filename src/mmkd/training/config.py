@@ -1,0 +1,94 @@
+"""Typed, documented training settings. Each field is a pipeline param (see params.yaml); defaults are ours, the
+paper publishes none."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# LoRA on the language model only (the vision tower and projector stay frozen), on every attention and MLP
+# projection. The regex is matched against full module names, so it works for Qwen2-VL, LLaVA and LLaVA-NeXT.
+LANGUAGE_MODEL_PROJECTIONS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+@dataclass
+class LoraSettings:
+    """PEFT LoRA settings."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: str | list[str] = LANGUAGE_MODEL_PROJECTIONS  # a regex, or a list of module-name suffixes
+
+    def __post_init__(self):
+        if self.r < 1:
+            raise ValueError(f"lora.r must be >= 1, got {self.r}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class TrainSettings:
+    """Optimiser and loop settings shared by SFT and DPO (TRL/transformers names where they exist)."""
+
+    epochs: float = 1.0
+    max_steps: int = -1  # > 0 overrides epochs
+    learning_rate: float = 2e-4
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr_scheduler: str = "cosine"
+    warmup_steps: float = 0.0  # steps, or a fraction of all steps when < 1
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    logging_steps: int = 5
+    bf16: bool = False  # TRL defaults to True, which fails on CPU; turn on for GPU runs
+    gradient_checkpointing: bool = False  # TRL defaults to True; on for large models, off for tiny ones
+    max_length: int | None = None  # None: never truncate (a too-short max_length silently trains nothing in DPO)
+
+    def __post_init__(self):
+        if self.batch_size < 1 or self.grad_accum < 1:
+            raise ValueError(f"batch_size and grad_accum must be >= 1, got {self.batch_size}, {self.grad_accum}")
+        if self.max_steps <= 0 and self.epochs <= 0:
+            raise ValueError("set epochs > 0 or max_steps > 0")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+
+
+@dataclass
+class DPOSettings(TrainSettings):
+    """DPO settings: ``TrainSettings`` plus the DPO temperature."""
+
+    beta: float = 0.1
+    learning_rate: float = 5e-5  # DPO wants a smaller step than SFT
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.beta <= 0:
+            raise ValueError(f"dpo.beta must be > 0, got {self.beta}")
+
+
+@dataclass
+class Stage2Settings:
+    """Stage 2: a fresh LoRA on the merged Stage-1 model, first SFT on the gold-agreeing answers, then DPO."""
+
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    sft: TrainSettings = field(default_factory=TrainSettings)
+    dpo: DPOSettings = field(default_factory=DPOSettings)
+    run_sft: bool = True
+    run_dpo: bool = True
+
+
+def from_params(cls, params: dict | None):
+    """Build a settings dataclass from a params mapping, with an error that names the unknown key."""
+    params = dict(params or {})
+    known = cls.__dataclass_fields__
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown setting(s) {unknown}; known: {sorted(known)}")
+    if cls is Stage2Settings:
+        params = {
+            "lora": from_params(LoraSettings, params.get("lora")),
+            "sft": from_params(TrainSettings, params.get("sft")),
+            "dpo": from_params(DPOSettings, params.get("dpo")),
+            **{k: v for k, v in params.items() if k not in ("lora", "sft", "dpo")},
+        }
+    return cls(**params)

@@ -1,0 +1,207 @@
+"""TRL ``SFTTrainer`` / ``DPOTrainer`` with PEFT LoRA on vision-language models, logged with dvclive.
+
+Stage 1 trains a LoRA on the student base. Stage 2 merges the Stage-1 LoRA into the base and trains a *new*
+LoRA on top: first SFT on the gold-agreeing teacher answers, then DPO. Merging first makes the DPO reference
+model (the policy with its adapter switched off) exactly the Stage-1 model, which is what DPO should stay close to.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+import datasets
+import polars as pl
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers.integrations import DVCLiveCallback
+from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
+
+from mmkd.modeling import assistant_turn, load_model, load_student, user_turn, write_adapter_info
+from mmkd.training.config import DPOSettings, LoraSettings, Stage2Settings, TrainSettings
+
+log = logging.getLogger(__name__)
+
+
+def _images(paths: list[str]) -> datasets.Dataset:
+    # Images are stored by path and decoded lazily by `datasets`, so memory does not grow with the data.
+    ds = datasets.Dataset.from_dict({"images": [[p] for p in paths]})
+    return ds.cast_column("images", datasets.List(datasets.Image(mode="RGB")))
+
+
+def sft_dataset(rows: pl.DataFrame) -> datasets.Dataset:
+    """A TRL prompt-completion vision dataset from rows with ``image_path``, ``prompt`` and ``completion``."""
+    ds = _images(rows["image_path"].to_list())
+    ds = ds.add_column("prompt", [user_turn(p) for p in rows["prompt"]])
+    return ds.add_column("completion", [assistant_turn(c) for c in rows["completion"]])
+
+
+def dpo_dataset(rows: pl.DataFrame) -> datasets.Dataset:
+    """A TRL preference vision dataset from rows with ``image_path``, ``prompt``, ``chosen`` and ``rejected``."""
+    ds = _images(rows["image_path"].to_list())
+    ds = ds.add_column("prompt", [user_turn(p) for p in rows["prompt"]])
+    ds = ds.add_column("chosen", [assistant_turn(c) for c in rows["chosen"]])
+    return ds.add_column("rejected", [assistant_turn(c) for c in rows["rejected"]])
+
+
+def lora_config(lora: LoraSettings) -> LoraConfig:
+    """PEFT config for a causal-LM LoRA."""
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+
+
+def _args(config_cls, s: TrainSettings, out_dir: str, seed: int, **extra):
+    return config_cls(
+        output_dir=out_dir,
+        num_train_epochs=s.epochs,
+        max_steps=s.max_steps,
+        learning_rate=s.learning_rate,
+        per_device_train_batch_size=s.batch_size,
+        gradient_accumulation_steps=s.grad_accum,
+        lr_scheduler_type=s.lr_scheduler,
+        warmup_steps=s.warmup_steps,
+        weight_decay=s.weight_decay,
+        max_grad_norm=s.max_grad_norm,
+        logging_steps=s.logging_steps,
+        bf16=s.bf16,
+        gradient_checkpointing=s.gradient_checkpointing,
+        max_length=s.max_length,
+        seed=seed,
+        data_seed=seed,
+        save_strategy="no",
+        report_to=[],
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        **extra,
+    )
+
+
+def _live_callback(live_dir: str | Path, params: dict):
+    from dvclive import Live
+
+    # save_dvc_exp=False and dvcyaml=None: the pipeline, not dvclive, owns experiments and dvc.yaml.
+    live = Live(str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None)
+    live.log_params(params)
+    return DVCLiveCallback(live=live)
+
+
+def train_sft(
+    model, processor, rows: pl.DataFrame, settings: TrainSettings, *, lora: LoraSettings | None, seed: int, live_dir
+):
+    """Run TRL SFT (loss on the completion only); wraps ``model`` in a new LoRA when ``lora`` is given."""
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = SFTTrainer(
+            model=model,
+            args=_args(SFTConfig, settings, tmp, seed, completion_only_loss=True),
+            train_dataset=sft_dataset(rows),
+            processing_class=processor,
+            peft_config=lora_config(lora) if lora else None,
+            callbacks=[_live_callback(live_dir, {"sft": asdict(settings), "lora": asdict(lora) if lora else None})],
+        )
+        trainer.train()
+    return trainer.model
+
+
+def check_dpo_length(processor, rows: pl.DataFrame, max_length: int | None) -> None:
+    """Refuse a ``max_length`` shorter than a prompt + response: DPO would then train nothing (loss stays ln 2)."""
+    if max_length is None or rows.is_empty():
+        return
+    tok = processor.tokenizer
+    for row in rows.iter_rows(named=True):
+        prompt = processor.apply_chat_template(user_turn(row["prompt"]), add_generation_prompt=True, tokenize=False)
+        longest = max(len(tok(prompt + row[k], add_special_tokens=False)["input_ids"]) for k in ("chosen", "rejected"))
+        if longest > max_length:
+            raise ValueError(
+                f"stage2.dpo.max_length={max_length} is shorter than item {row['id']!r} (about {longest} text tokens "
+                "before image tokens); DPO would truncate the responses and learn nothing. Set it to null or raise it."
+            )
+
+
+def train_dpo(model, processor, rows: pl.DataFrame, settings: DPOSettings, *, seed: int, live_dir):
+    """Run TRL DPO on a PEFT model; the reference is the same model with its adapter switched off."""
+    check_dpo_length(processor, rows, settings.max_length)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = DPOTrainer(
+            model=model,
+            args=_args(DPOConfig, settings, tmp, seed, beta=settings.beta),
+            train_dataset=dpo_dataset(rows),
+            processing_class=processor,
+            callbacks=[_live_callback(live_dir, {"dpo": asdict(settings)})],
+        )
+        trainer.train()
+    return trainer.model
+
+
+def _save_adapter(model: PeftModel, processor, out_dir: str | Path, *, base: str, parent: str | None) -> None:
+    out = Path(out_dir)
+    if out.exists():
+        shutil.rmtree(out)
+    model.save_pretrained(out, safe_serialization=True)
+    write_adapter_info(out, base=base, parent=parent)
+
+
+def run_stage1(
+    base: str,
+    rows: pl.DataFrame,
+    *,
+    lora: LoraSettings,
+    settings: TrainSettings,
+    seed: int,
+    out_dir: str | Path,
+    live_dir: str | Path,
+    dtype: str = "float32",
+) -> None:
+    """Stage 1: LoRA SFT of the student base on every teacher answer; saves the adapter to ``out_dir``."""
+    if rows.is_empty():
+        raise ValueError("Stage 1 has no training rows: no teacher answer parsed. Check data/answers/*/train.parquet")
+    model, processor = load_model(base, dtype=dtype)
+    model = train_sft(model, processor, rows, settings, lora=lora, seed=seed, live_dir=live_dir)
+    _save_adapter(model, processor, out_dir, base=base, parent=None)
+
+
+def run_stage2(
+    base: str,
+    stage1: str,
+    sft_rows: pl.DataFrame,
+    pairs: pl.DataFrame,
+    *,
+    settings: Stage2Settings,
+    seed: int,
+    out_dir: str | Path,
+    live_dir: str | Path,
+    dtype: str = "float32",
+) -> bool:
+    """Stage 2 on the conflict set. Returns False (and passes Stage 1 through unchanged) when there is nothing to
+    train on."""
+    do_sft = settings.run_sft and not sft_rows.is_empty()
+    do_dpo = settings.run_dpo and not pairs.is_empty()
+    if not (do_sft or do_dpo):
+        log.warning(
+            "Stage 2: the conflict set gives no training data (%d SFT rows, %d DPO pairs); passing Stage 1 through "
+            "unchanged to %s",
+            len(sft_rows),
+            len(pairs),
+            out_dir,
+        )
+        out = Path(out_dir)
+        if out.exists():
+            shutil.rmtree(out)
+        shutil.copytree(stage1, out)  # same adapter, same base, same (absent) parent
+        Path(live_dir).mkdir(parents=True, exist_ok=True)
+        return False
+    model, processor = load_student(base, stage1, dtype=dtype)
+    model = get_peft_model(model, lora_config(settings.lora))  # one new LoRA, trained by SFT then DPO
+    if do_sft:
+        model = train_sft(model, processor, sft_rows, settings.sft, lora=None, seed=seed, live_dir=Path(live_dir, "sft"))
+    if do_dpo:
+        model = train_dpo(model, processor, pairs, settings.dpo, seed=seed, live_dir=Path(live_dir, "dpo"))
+    _save_adapter(model, processor, out_dir, base=base, parent=stage1)
+    return True
+
