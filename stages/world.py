@@ -14,7 +14,11 @@ def main() -> None:
     if out.exists():
         shutil.rmtree(out)  # a DVC output is rebuilt whole
     summary = make_world(
-        out, seed=data["seed"], sizes=data["sizes"], image_size=data["image_size"], evidence_noise=data["evidence_noise"]
+        out,
+        seed=data["seed"],
+        sizes=data["sizes"],
+        image_size=data["image_size"],
+        evidence_noise=data["evidence_noise"],
     )
     write_json("metrics/world.json", summary)
 

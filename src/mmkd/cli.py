@@ -8,7 +8,6 @@ import logging
 import sys
 from pathlib import Path
 
-import polars as pl
 import yaml
 
 

@@ -44,7 +44,9 @@ def answers_wide(answers: dict[str, pl.DataFrame]) -> pl.DataFrame:
             ids = set(df["id"])
             continue
         if set(df["id"]) != ids:
-            raise SchemaError(f"teacher {name!r} answered a different set of items than {names[0]!r}; re-run labelling")
+            raise SchemaError(
+                f"teacher {name!r} answered a different set of items than {names[0]!r}; re-run labelling"
+            )
         wide = wide.join(df, on="id", how="left", maintain_order="left")
     return wide
 
@@ -152,7 +154,9 @@ def stage1_rows(answers: dict[str, pl.DataFrame], *, policy: str = "all") -> pl.
         raise ValueError(f"stage1.targets must be 'all' or 'agreed', got {policy!r}")
     teachers = sorted(answers)
     frames = [
-        answers[t].filter(pl.col("status") == "ok").select("id", pl.lit(t).alias("source"), pl.col("raw_text").alias("completion"))
+        answers[t]
+        .filter(pl.col("status") == "ok")
+        .select("id", pl.lit(t).alias("source"), pl.col("raw_text").alias("completion"))
         for t in teachers
     ]
     rows = pl.concat(frames)

@@ -21,7 +21,9 @@ def load_image(item_id: str, path: str | Path) -> Image.Image:
             img.load()
             return img.convert("RGB")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise BadItem(f"item {item_id!r}: image file {path} is not a readable image ({exc}); replace the file") from exc
+        raise BadItem(
+            f"item {item_id!r}: image file {path} is not a readable image ({exc}); replace the file"
+        ) from exc
 
 
 def check_caption(item_id: str, caption: str | None) -> str:

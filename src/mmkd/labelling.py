@@ -44,7 +44,12 @@ def label_items(backend: TeacherBackend, items: pl.DataFrame, *, source: str, pr
     rows = {row["id"]: row for row in skipped}
     for reply in backend.answer(requests) if requests else []:
         if reply.error is not None:
-            rows[reply.item_id] = {"id": reply.item_id, "status": "error", "error": reply.error, "raw_text": reply.text}
+            rows[reply.item_id] = {
+                "id": reply.item_id,
+                "status": "error",
+                "error": reply.error,
+                "raw_text": reply.text,
+            }
             continue
         parsed = parse_answer(reply.text)
         rows[reply.item_id] = {

@@ -61,7 +61,9 @@ def adapter_chain(adapter_dir: str | Path) -> tuple[str, list[str]]:
     while current:
         info_path = Path(current) / ADAPTER_INFO
         if not info_path.is_file():
-            raise FileNotFoundError(f"{current} is not an mmkd adapter (no {ADAPTER_INFO}); pass a stage1/stage2 output")
+            raise FileNotFoundError(
+                f"{current} is not an mmkd adapter (no {ADAPTER_INFO}); pass a stage1/stage2 output"
+            )
         info = json.loads(info_path.read_text())
         chain.insert(0, current)
         base = info["base"]
@@ -69,9 +71,7 @@ def adapter_chain(adapter_dir: str | Path) -> tuple[str, list[str]]:
     return base, chain
 
 
-def load_student(
-    base: str | Path | None, adapter: str | Path | None, *, dtype: str = "float32", device: str = "auto"
-):
+def load_student(base: str | Path | None, adapter: str | Path | None, *, dtype: str = "float32", device: str = "auto"):
     """Load a base model with an mmkd adapter chain merged in; ``base=None`` takes the base the adapter records."""
     from peft import PeftModel
 

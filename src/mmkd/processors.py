@@ -25,7 +25,7 @@ def register() -> None:
     import transformers
 
     # AutoProcessor resolves ``processor_class`` names through the transformers namespace as a fallback.
-    setattr(transformers, "Qwen2VLImageOnlyProcessor", Qwen2VLImageOnlyProcessor)
+    transformers.Qwen2VLImageOnlyProcessor = Qwen2VLImageOnlyProcessor
 
 
 register()

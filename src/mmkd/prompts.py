@@ -22,9 +22,7 @@ class PromptTemplate:
     task: str
     uses_evidence: bool
 
-    def render(
-        self, caption: str, entities: list[str] | None = None, search_captions: list[str] | None = None
-    ) -> str:
+    def render(self, caption: str, entities: list[str] | None = None, search_captions: list[str] | None = None) -> str:
         """The user-turn text for one item (the image is passed separately, before this text)."""
         parts = [self.task, f"Caption: {caption}"]
         if self.uses_evidence:

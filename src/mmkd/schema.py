@@ -53,7 +53,9 @@ def gold_path(items_path: str | Path) -> Path:
     return p.with_name(p.name.removesuffix(".parquet") + ".gold.parquet")
 
 
-def _conform(df: pl.DataFrame, schema: dict[str, pl.DataType], path: Path, optional: tuple[str, ...] = ()) -> pl.DataFrame:
+def _conform(
+    df: pl.DataFrame, schema: dict[str, pl.DataType], path: Path, optional: tuple[str, ...] = ()
+) -> pl.DataFrame:
     missing = [c for c in schema if c not in df.columns and c not in optional]
     if missing:
         raise SchemaError(f"{path}: missing column(s) {missing}; expected columns {list(schema)}")
@@ -91,7 +93,9 @@ def read_gold(path: str | Path) -> pl.DataFrame:
     df = _conform(pl.read_parquet(path), GOLD_SCHEMA, path)
     bad = df.filter(~pl.col("gold_label").is_in(LABELS))
     if len(bad):
-        raise SchemaError(f"{path}: item {bad['id'][0]!r} has gold_label {bad['gold_label'][0]!r}; use one of {LABELS}")
+        raise SchemaError(
+            f"{path}: item {bad['id'][0]!r} has gold_label {bad['gold_label'][0]!r}; use one of {LABELS}"
+        )
     return df
 
 

@@ -30,7 +30,15 @@ from mmkd.processors import Qwen2VLImageOnlyProcessor
 
 ARCHITECTURES = ("qwen2_vl", "llava")
 
-QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+QWEN_SPECIALS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
 LLAVA_SPECIALS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
 
 # Chat templates in the style of each family. They are prefix-consistent (the prompt rendered with
@@ -104,7 +112,11 @@ def build_qwen2_vl(
             num_attention_heads=num_heads,
             num_key_value_heads=num_heads,
             max_position_embeddings=1024,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": _mrope_section(hidden_size // num_heads)},
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": 10000.0,
+                "mrope_section": _mrope_section(hidden_size // num_heads),
+            },
             bos_token_id=ids["<|endoftext|>"],
             eos_token_id=ids["<|im_end|>"],
             pad_token_id=ids["<|endoftext|>"],

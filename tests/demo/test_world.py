@@ -107,7 +107,7 @@ def test_pristine_captions_match_the_image(world):
 def test_all_mismatch_kinds_occur(tmp_path):
     spec = pl.read_parquet(build(tmp_path, sizes={"train": 300}) / "train.spec.parquet")
     counts = spec["mismatch"].value_counts().to_dict(as_series=False)
-    counts = dict(zip(counts["mismatch"], counts["count"]))
+    counts = dict(zip(counts["mismatch"], counts["count"], strict=False))
     assert counts["none"] == 150
     assert all(counts[a] > 30 for a in ATTRIBUTES), counts
 
@@ -120,7 +120,7 @@ def test_files_pass_the_schema_readers(world):
         assert items["id"].to_list() == gold["id"].to_list() == spec["id"].to_list()
         assert items["id"][0] == f"{split}-000000" and len(items) == n
         raw = pl.read_parquet(world / f"{split}.parquet")["image_path"]
-        assert all(p == f"images/{i}.png" for p, i in zip(raw, items["id"])), "image_path must be relative"
+        assert all(p == f"images/{i}.png" for p, i in zip(raw, items["id"], strict=False)), "image_path must be relative"
 
 
 def test_images_exist_and_have_the_requested_size(world, tmp_path):
@@ -144,7 +144,7 @@ def test_evidence_follows_the_noise_level(tmp_path):
             pairs = [(row["evidence_entities"], image)]
             pairs += [([caption_attributes(c)[a] for a in ATTRIBUTES], image) for c in row["evidence_captions"]]
             for seen, truth in pairs:
-                assert all((s == t) == agree for s, t in zip(seen, truth)), row
+                assert all((s == t) == agree for s, t in zip(seen, truth, strict=False)), row
     # The noise level changes only the evidence: images and captions stay the same.
     for name in ("val.gold.parquet", "val.spec.parquet", "images/val-000004.png"):
         assert (clean / name).read_bytes() == (noisy / name).read_bytes()

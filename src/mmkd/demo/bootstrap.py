@@ -91,7 +91,9 @@ def corpus(prompt_version: str = "v1") -> list[str]:
                 for t in TEMPLATES:
                     cap = t.format(colour=colour, shape=shape, place=place)
                     texts.append(template.render(cap, [colour, shape, place], [cap]))
-                spec = {f"{k}_{a}": v for k in ("image", "caption") for a, v in zip(ATTRIBUTES, (colour, shape, place))}
+                spec = {
+                    f"{k}_{a}": v for k in ("image", "caption") for a, v in zip(ATTRIBUTES, (colour, shape, place), strict=True)
+                }
                 texts += [teacher_target(spec), describe_target(spec)]
                 for attr in ATTRIBUTES:
                     for other in VALUES[attr]:
@@ -107,7 +109,9 @@ def training_rows(items: pl.DataFrame, spec: pl.DataFrame, settings: BootstrapSe
     rows = []
     for row in table.iter_rows(named=True):
         if settings.task == "describe":
-            rows.append({"image_path": row["image_path"], "prompt": DESCRIBE_PROMPT, "completion": describe_target(row)})
+            rows.append(
+                {"image_path": row["image_path"], "prompt": DESCRIBE_PROMPT, "completion": describe_target(row)}
+            )
             continue
         unseen = row["mismatch"] != "none" and row["mismatch"] not in settings.sees
         if unseen and rng.random() >= settings.unseen_fraction:

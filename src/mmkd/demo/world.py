@@ -153,7 +153,7 @@ def _noisy(scene: Scene, noise: float, rng: np.random.Generator) -> Scene:
 
     The same number of random draws is made whatever ``noise`` is, so the noise level changes nothing else."""
     flips, picks = rng.random(len(ATTRIBUTES)), rng.integers(1 << 30, size=len(ATTRIBUTES))
-    for attr, flip, pick in zip(ATTRIBUTES, flips, picks):
+    for attr, flip, pick in zip(ATTRIBUTES, flips, picks, strict=False):
         if flip < noise:
             wrong = [v for v in VALUES[attr] if v != getattr(scene, attr)]
             scene = scene.replace(attr, wrong[pick % len(wrong)])

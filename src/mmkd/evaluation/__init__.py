@@ -20,7 +20,9 @@ def _metric():
 
 def predicted(answers: pl.DataFrame) -> pl.DataFrame:
     """id and ``prediction``: the parsed label, or the status (``unparsed``/``error``/``skipped``) when none."""
-    return answers.select("id", pl.when(pl.col("status") == "ok").then("label").otherwise("status").alias("prediction"))
+    return answers.select(
+        "id", pl.when(pl.col("status") == "ok").then("label").otherwise("status").alias("prediction")
+    )
 
 
 def score(answers: pl.DataFrame, gold: pl.DataFrame) -> dict:
@@ -38,4 +40,3 @@ def confusion_rows(answers: pl.DataFrame, gold: pl.DataFrame) -> pl.DataFrame:
     return gold.join(predicted(answers), on="id", how="left").select(
         pl.col("gold_label").alias("actual"), pl.col("prediction").alias("predicted")
     )
-

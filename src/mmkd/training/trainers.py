@@ -199,9 +199,10 @@ def run_stage2(
     model, processor = load_student(base, stage1, dtype=dtype)
     model = get_peft_model(model, lora_config(settings.lora))  # one new LoRA, trained by SFT then DPO
     if do_sft:
-        model = train_sft(model, processor, sft_rows, settings.sft, lora=None, seed=seed, live_dir=Path(live_dir, "sft"))
+        model = train_sft(
+            model, processor, sft_rows, settings.sft, lora=None, seed=seed, live_dir=Path(live_dir, "sft")
+        )
     if do_dpo:
         model = train_dpo(model, processor, pairs, settings.dpo, seed=seed, live_dir=Path(live_dir, "dpo"))
     _save_adapter(model, processor, out_dir, base=base, parent=stage1)
     return True
-

@@ -20,7 +20,9 @@ class OocAccuracy(evaluate.Metric):
             description=_DESCRIPTION,
             citation="",
             inputs_description=_KWARGS,
-            features=datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")}),
+            features=datasets.Features(
+                {"predictions": datasets.Value("string"), "references": datasets.Value("string")}
+            ),
         )
 
     def _compute(self, predictions, references):
@@ -28,7 +30,7 @@ class OocAccuracy(evaluate.Metric):
         if bad:
             raise ValueError(f"references must be one of {LABELS}, got {bad}")
         n = len(references)
-        pairs = list(zip(predictions, references))
+        pairs = list(zip(predictions, references, strict=True))
 
         def acc(label=None):
             sel = [(p, r) for p, r in pairs if label is None or r == label]

@@ -1,4 +1,5 @@
-"""Stage `evaluate`: score the zero-shot student, Stage 1, Stage 2 and every teacher on the test split.
+"""Stage `evaluate` (script named eval.py so it does not shadow the `evaluate` package): score the zero-shot
+student, Stage 1, Stage 2 and every teacher on the test split.
 
 Writes per-item predictions (data/predictions/<source>.parquet), metrics/evaluate.json and confusion-matrix plot
 data (metrics/confusion/<source>.csv).
@@ -41,7 +42,7 @@ def main() -> None:
     plots.mkdir(parents=True, exist_ok=True)
     metrics = {name: score(answers, gold) for name, answers in predictions.items()}
     metrics["teachers"] = {t: score(answers, gold) for t, answers in teachers.items()}
-    for name, answers in predictions.items() | {f"teacher_{t}": a for t, a in teachers.items()}.items():
+    for name, answers in (predictions | {f"teacher_{t}": a for t, a in teachers.items()}).items():
         answers.write_parquet(out / f"{name}.parquet")
         confusion_rows(answers, gold).write_csv(plots / f"{name}.csv")
     write_json("metrics/evaluate.json", metrics)
