@@ -91,9 +91,8 @@ def corpus(prompt_version: str = "v1") -> list[str]:
                 for t in TEMPLATES:
                     cap = t.format(colour=colour, shape=shape, place=place)
                     texts.append(template.render(cap, [colour, shape, place], [cap]))
-                spec = {
-                    f"{k}_{a}": v for k in ("image", "caption") for a, v in zip(ATTRIBUTES, (colour, shape, place), strict=True)
-                }
+                values = dict(zip(ATTRIBUTES, (colour, shape, place), strict=True))
+                spec = {f"{k}_{a}": v for k in ("image", "caption") for a, v in values.items()}
                 texts += [teacher_target(spec), describe_target(spec)]
                 for attr in ATTRIBUTES:
                     for other in VALUES[attr]:
