@@ -1,4 +1,5 @@
-"""The ``mmkd`` command line: ``predict`` (one item or a file of items) and ``compose`` (conf/ -> params.yaml)."""
+"""The ``mmkd`` command line: ``predict`` (one item or a file of items), ``compose`` (conf/ -> params.yaml) and
+``report`` (an offline HTML report of a run)."""
 
 from __future__ import annotations
 
@@ -72,6 +73,20 @@ def _compose(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from mmkd.report import html_report, markdown_table
+
+    if args.markdown:
+        evaluate = json.loads(Path("metrics/evaluate.json").read_text())
+        split_file = Path("metrics/split.json")
+        split = json.loads(split_file.read_text()) if split_file.exists() else None
+        sys.stdout.write(markdown_table(evaluate, split))
+        return 0
+    Path(args.out).write_text(html_report("."))
+    print(args.out)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="mmkd", description=__doc__)
@@ -93,6 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--config-dir", default="conf")
     c.add_argument("--out", default="params.yaml", help="output file, or - for stdout")
     c.set_defaults(func=_compose)
+
+    r = sub.add_parser("report", help="an offline HTML report (metrics, confusion matrices, loss curves)")
+    r.add_argument("--out", default="report.html")
+    r.add_argument("--markdown", action="store_true", help="print the metrics table as Markdown instead")
+    r.set_defaults(func=_report)
 
     args = parser.parse_args(argv)
     return args.func(args)

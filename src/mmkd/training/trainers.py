@@ -83,13 +83,22 @@ def _args(config_cls, s: TrainSettings, out_dir: str, seed: int, **extra):
     )
 
 
+class _StepAlignedDVCLive(DVCLiveCallback):
+    """transformers' dvclive callback counts log calls as steps; plot against the optimiser step instead."""
+
+    def on_log(self, args, state, control, **kwargs):
+        if self.live is not None:
+            self.live.step = state.global_step
+        super().on_log(args, state, control, **kwargs)
+
+
 def _live_callback(live_dir: str | Path, params: dict):
     from dvclive import Live
 
     # save_dvc_exp=False and dvcyaml=None: the pipeline, not dvclive, owns experiments and dvc.yaml.
     live = Live(str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None)
     live.log_params(params)
-    return DVCLiveCallback(live=live)
+    return _StepAlignedDVCLive(live=live)
 
 
 def train_sft(

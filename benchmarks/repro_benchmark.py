@@ -1,0 +1,94 @@
+"""Benchmark the pipeline: a cold `dvc repro`, then a no-op one, in a fresh copy of this repo. Prints a table.
+
+    python benchmarks/repro_benchmark.py                                   # the default (quick-start) config
+    python benchmarks/repro_benchmark.py data=demo_ci bootstrap=demo_ci    # Hydra overrides, e.g. CI size
+
+Peak memory is the largest resident set of any process the run started (stages run one at a time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGETS = {"cold repro": (600.0, 6.0), "no-op repro": (10.0, None)}  # seconds, GiB
+
+
+def copy_repo(dest: Path) -> None:
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    for f in files:
+        src = ROOT / f
+        if src.is_file():
+            (dest / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / f)
+    for p in ("dvc.lock", "metrics"):  # a cold run starts with nothing computed
+        target = dest / p
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+
+
+def run(cmd: list[str], cwd: Path, env: dict) -> tuple[float, float, str]:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return elapsed, (peak_kib if peak_kib > before else before) / 2**20, proc.stdout + proc.stderr
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for the config")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary repo and print its path")
+    args = parser.parse_args()
+    bindir = str(Path(sys.executable).parent)
+    env = os.environ | {
+        "PATH": bindir + os.pathsep + os.environ["PATH"],
+        "DVC_NO_ANALYTICS": "1",
+        "HF_HUB_OFFLINE": "1",
+    }
+    tmp = Path(tempfile.mkdtemp(prefix="mmkd-bench-"))
+    try:
+        copy_repo(tmp)
+        subprocess.run([sys.executable, "-m", "mmkd.cli", "compose", *args.overrides], cwd=tmp, env=env, check=True)
+        subprocess.run(["git", "init", "-q"], cwd=tmp, check=True)
+        cold_s, cold_gib, log = run([sys.executable, "-m", "dvc", "repro"], tmp, env)
+        noop_s, _, noop_log = run([sys.executable, "-m", "dvc", "repro"], tmp, env)
+        if "Running stage" in noop_log:
+            print("WARNING: the second repro ran a stage; it should be a no-op")
+        stages = re.findall(r"Running stage '([^']+)'", log)
+        print(f"config: {' '.join(args.overrides) or '(default)'}   machine: {os.cpu_count()} cores")
+        print(f"{'run':<14}{'wall s':>10}{'peak GiB':>10}{'target s':>10}{'target GiB':>12}")
+        for name, secs, gib in (("cold repro", cold_s, cold_gib), ("no-op repro", noop_s, None)):
+            ts, tg = TARGETS[name]
+            peak, target_gib = f"{gib:.2f}" if gib else "-", f"{tg:.0f}" if tg else "-"
+            print(f"{name:<14}{secs:>10.1f}{peak:>10}{ts:>10.0f}{target_gib:>12}")
+        print(f"stages run cold: {len(stages)} ({', '.join(stages)})")
+    finally:
+        if args.keep:
+            print(f"kept: {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

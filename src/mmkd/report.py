@@ -1,0 +1,112 @@
+"""An offline report of a pipeline run: the metrics table, confusion matrices and training curves.
+
+``dvc plots show`` writes HTML that fetches vega from a CDN, which does not render without a network. This report
+is one self-contained HTML file (inline SVG, no scripts), and the metrics table is also printed as Markdown for
+the README.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import polars as pl
+
+from mmkd.evaluation import METRIC_KEYS
+
+CURVES = {  # title -> dvclive directory (relative to the repo root)
+    "Stage 1 SFT": "dvclive/stage1",
+    "Stage 2 SFT": "dvclive/stage2/sft",
+    "Stage 2 DPO": "dvclive/stage2/dpo",
+}
+
+
+def metrics_rows(evaluate: dict) -> list[tuple[str, dict]]:
+    """(name, metrics) in reading order: teachers, then zero-shot, Stage 1, Stage 2."""
+    rows = [(f"teacher: {name}", m) for name, m in sorted(evaluate.get("teachers", {}).items())]
+    rows += [(name, evaluate[name]) for name in ("zero_shot", "stage1", "stage2") if name in evaluate]
+    return rows
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    return f"{100 * value:.1f}" if isinstance(value, float) else str(value)
+
+
+def markdown_table(evaluate: dict, split: dict | None = None) -> str:
+    """The metrics table (accuracies in %) as Markdown, with the labelling cost under it."""
+    head = "| model | " + " | ".join(METRIC_KEYS) + " |\n|---|" + "---:|" * len(METRIC_KEYS) + "\n"
+    body = "".join(
+        f"| {n} | " + " | ".join(_fmt(m.get(k)) for k in METRIC_KEYS) + " |\n" for n, m in metrics_rows(evaluate)
+    )
+    if split:
+        body += (
+            f"\nGold labels used: {split['gold_labels_read']} of {split['n_items']} training items "
+            f"({_fmt(split['labelled_fraction'])}%, the conflict set).\n"
+        )
+    return head + body
+
+
+def _svg_curve(points: list[tuple[float, float]], width: int = 360, height: int = 160) -> str:
+    if not points:
+        return "<p>(no data)</p>"
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+    sx = (width - 50) / ((x1 - x0) or 1)
+    sy = (height - 30) / ((y1 - y0) or 1)
+    path = " ".join(f"{40 + (x - x0) * sx:.1f},{height - 20 - (y - y0) * sy:.1f}" for x, y in points)
+    return (
+        f'<svg width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg">'
+        f'<rect width="{width}" height="{height}" fill="white" stroke="#ccc"/>'
+        f'<polyline fill="none" stroke="#1f77b4" stroke-width="1.5" points="{path}"/>'
+        f'<text x="2" y="14" font-size="10">{y1:.3g}</text>'
+        f'<text x="2" y="{height - 20}" font-size="10">{y0:.3g}</text>'
+        f'<text x="40" y="{height - 4}" font-size="10">step {x0:g}</text>'
+        f'<text x="{width - 60}" y="{height - 4}" font-size="10">step {x1:g}</text></svg>'
+    )
+
+
+def _confusion_table(path: Path) -> str:
+    df = pl.read_csv(path)
+    table = df.group_by("actual", "predicted").len().sort("actual", "predicted")
+    cols = sorted(set(table["predicted"]))
+    cells = {(a, p): n for a, p, n in table.iter_rows()}
+    rows = "".join(
+        f"<tr><th>{html.escape(a)}</th>" + "".join(f"<td>{cells.get((a, p), 0)}</td>" for p in cols) + "</tr>"
+        for a in sorted(set(table["actual"]))
+    )
+    head = "<tr><th>actual \\ predicted</th>" + "".join(f"<th>{html.escape(p)}</th>" for p in cols) + "</tr>"
+    return f"<table>{head}{rows}</table>"
+
+
+def html_report(root: str | Path = ".") -> str:
+    """The whole report as one HTML page (renders offline)."""
+    root = Path(root)
+    evaluate = json.loads((root / "metrics/evaluate.json").read_text())
+    split_file = root / "metrics/split.json"
+    split = json.loads(split_file.read_text()) if split_file.exists() else None
+    parts = [
+        "<html><head><meta charset='utf-8'><title>mmkd report</title>",
+        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}</style></head><body>",
+        "<h1>mmkd report</h1><h2>Test metrics</h2><table><tr><th>model</th>",
+    ]
+    parts.append("".join(f"<th>{k}</th>" for k in METRIC_KEYS) + "</tr>")
+    for name, m in metrics_rows(evaluate):
+        parts.append(f"<tr><th>{html.escape(name)}</th>" + "".join(f"<td>{_fmt(m.get(k))}</td>" for k in METRIC_KEYS))
+    parts.append("</table><p>Accuracies and macro-F1 in %.</p>")
+    if split:
+        parts.append(f"<p>Gold labels used: {split['gold_labels_read']} of {split['n_items']} training items.</p>")
+    parts.append("<h2>Training loss</h2>")
+    for title, d in CURVES.items():
+        tsv = root / d / "plots/metrics/loss.tsv"
+        if tsv.exists():
+            df = pl.read_csv(tsv, separator="\t")
+            parts.append(f"<h3>{title}</h3>" + _svg_curve(list(zip(df["step"], df["loss"], strict=True))))
+    parts.append("<h2>Confusion matrices (test)</h2>")
+    for csv in sorted((root / "metrics/confusion").glob("*.csv")):
+        parts.append(f"<h3>{html.escape(csv.stem)}</h3>" + _confusion_table(csv))
+    parts.append("</body></html>")
+    return "\n".join(parts)
