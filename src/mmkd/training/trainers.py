@@ -15,6 +15,7 @@ from pathlib import Path
 
 import datasets
 import polars as pl
+import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers.integrations import DVCLiveCallback
 from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
@@ -79,6 +80,7 @@ def _args(config_cls, s: TrainSettings, out_dir: str, seed: int, **extra):
         report_to=[],
         remove_unused_columns=False,
         dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
         **extra,
     )
 
