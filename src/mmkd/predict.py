@@ -7,7 +7,7 @@ from pathlib import Path
 import polars as pl
 
 from mmkd.labelling import label_items
-from mmkd.schema import ITEM_SCHEMA, SchemaError, conform_items, read_items
+from mmkd.schema import SchemaError, conform_items, read_items
 from mmkd.teachers.local import LocalConfig, LocalTeacher
 
 
@@ -32,7 +32,9 @@ def read_item_file(path: str | Path) -> pl.DataFrame:
     if path.suffix == ".parquet":
         return read_items(path)
     if path.suffix == ".jsonl":
-        df = pl.read_ndjson(path, schema_overrides={k: v for k, v in ITEM_SCHEMA.items() if k != "id"})
+        # Types are inferred from the whole file and conform_items casts them to ITEM_SCHEMA; schema overrides would
+        # fail on a file without the optional evidence fields (polars rejects an override for an absent field).
+        df = pl.read_ndjson(path, infer_schema_length=None)
         if "id" in df.columns:
             df = df.with_columns(pl.col("id").cast(pl.String))
         return conform_items(df, path)

@@ -1,8 +1,9 @@
 """TRL ``SFTTrainer`` / ``DPOTrainer`` with PEFT LoRA on vision-language models, logged with dvclive.
 
 Stage 1 trains a LoRA on the student base. Stage 2 merges the Stage-1 LoRA into the base and trains a *new*
-LoRA on top: first SFT on the gold-agreeing teacher answers, then DPO. Merging first makes the DPO reference
-model (the policy with its adapter switched off) exactly the Stage-1 model, which is what DPO should stay close to.
+LoRA on top: first SFT on the gold-agreeing teacher answers, then DPO. DPO's reference is the policy as DPO starts
+(TRL copies the adapter into a frozen ``ref`` adapter): Stage 1 plus the Stage-2 SFT, the textbook SFT-then-DPO
+setup; with ``run_sft: false`` it is exactly Stage 1. Only the trained adapter is saved, not the ``ref`` copy.
 """
 
 from __future__ import annotations
@@ -136,7 +137,7 @@ def check_dpo_length(processor, rows: pl.DataFrame, max_length: int | None) -> N
 
 
 def train_dpo(model, processor, rows: pl.DataFrame, settings: DPOSettings, *, seed: int, live_dir):
-    """Run TRL DPO on a PEFT model; the reference is the same model with its adapter switched off."""
+    """Run TRL DPO on a PEFT model; the reference is a frozen copy of the policy as training starts."""
     check_dpo_length(processor, rows, settings.max_length)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = DPOTrainer(
@@ -154,7 +155,7 @@ def _save_adapter(model: PeftModel, processor, out_dir: str | Path, *, base: str
     out = Path(out_dir)
     if out.exists():
         shutil.rmtree(out)
-    model.save_pretrained(out, safe_serialization=True)
+    model.save_pretrained(out, safe_serialization=True, selected_adapters=["default"])
     write_adapter_info(out, base=base, parent=parent)
 
 

@@ -1,0 +1,123 @@
+"""Session-wide fixtures: a small demo world, one tiny randomly initialised model per architecture, and Stage-1
+adapters trained on them (built lazily, once, only by the tests that ask).
+
+Random weights are enough for the mechanics tests (shapes, files, parameter updates); nothing here needs a model
+that answers well. Everything is built locally, so the suite runs offline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+import pytest
+import torch
+
+from mmkd.demo.bootstrap import corpus, teacher_target
+from mmkd.demo.world import make_world
+from mmkd.schema import read_items
+from mmkd.tiny import ARCHITECTURES, build_tiny
+from mmkd.training import trainers
+from mmkd.training.config import LoraSettings, TrainSettings
+from mmkd.training.rows import with_prompts
+
+WORLD_SIZES = {"bootstrap": 64, "train": 24, "test": 16}
+PROMPT_VERSION = "v1"
+
+# Tiny but real: 3 optimiser steps, enough for every LoRA A and B matrix to move (B starts at zero, so A only
+# gets a gradient from the second step on). The learning rate is large so that the change is far above noise.
+STAGE1_LORA = LoraSettings(r=4, alpha=8)
+STAGE1_TRAIN = TrainSettings(max_steps=3, batch_size=4, learning_rate=1e-2, logging_steps=1)
+
+
+@pytest.fixture(scope="session")
+def world_dir(tmp_path_factory) -> Path:
+    """A demo world (images, items, gold and spec files) with small splits."""
+    out = tmp_path_factory.mktemp("world")
+    make_world(out, seed=0, sizes=WORLD_SIZES)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """arch -> directory of a tiny model + processor with random weights, for every architecture in mmkd.tiny."""
+    root = tmp_path_factory.mktemp("tiny")
+    texts = corpus(PROMPT_VERSION)
+    return {arch: build_tiny(arch, root / arch, texts) for arch in ARCHITECTURES}
+
+
+@pytest.fixture(scope="session")
+def sft_rows(world_dir) -> pl.DataFrame:
+    """SFT rows (id, completion, image_path, prompt) for the world's train items, with the demo teacher's target."""
+    spec = pl.read_parquet(world_dir / "train.spec.parquet")
+    rows = pl.DataFrame({"id": spec["id"], "completion": [teacher_target(r) for r in spec.iter_rows(named=True)]})
+    return with_prompts(rows, read_items(world_dir / "train.parquet"), PROMPT_VERSION)
+
+
+@contextlib.contextmanager
+def recording_trainable_params() -> Iterator[list[dict[str, torch.Tensor]]]:
+    """Record a copy of every trainable parameter each time an SFT or DPO trainer starts training.
+
+    The trainers are built and run inside ``run_stage1`` / ``run_stage2``, so the initial LoRA weights (created
+    there) can only be seen from inside: the TRL trainer classes they use are swapped for subclasses that take a
+    snapshot when ``train()`` is called.
+    """
+    snapshots: list[dict[str, torch.Tensor]] = []
+
+    def snapshotting(trainer_cls):
+        class Snapshotting(trainer_cls):
+            def train(self, *args, **kwargs):
+                snapshots.append({n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad})
+                return super().train(*args, **kwargs)
+
+        return Snapshotting
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(trainers, "SFTTrainer", snapshotting(trainers.SFTTrainer))
+        mp.setattr(trainers, "DPOTrainer", snapshotting(trainers.DPOTrainer))
+        yield snapshots
+
+
+@pytest.fixture(scope="session")
+def record_trainable_params() -> Callable[[], contextlib.AbstractContextManager]:
+    """The ``recording_trainable_params`` context manager, for test modules (conftest is not importable)."""
+    return recording_trainable_params
+
+
+@dataclass(frozen=True)
+class Stage1Run:
+    """What one ``run_stage1`` call produced, plus the trainable parameters at the start of training."""
+
+    arch: str
+    base: Path
+    adapter: Path
+    live: Path
+    initial: dict[str, torch.Tensor]
+
+
+@pytest.fixture(scope="session")
+def stage1_run(tiny_models, sft_rows, tmp_path_factory) -> Callable[[str], Stage1Run]:
+    """``stage1_run(arch)``: a tiny Stage-1 run on that architecture's model, trained once per session."""
+    done: dict[str, Stage1Run] = {}
+
+    def run(arch: str) -> Stage1Run:
+        if arch not in done:
+            root = tmp_path_factory.mktemp(f"stage1_{arch}")
+            with recording_trainable_params() as snapshots:
+                trainers.run_stage1(
+                    str(tiny_models[arch]),
+                    sft_rows,
+                    lora=STAGE1_LORA,
+                    settings=STAGE1_TRAIN,
+                    seed=0,
+                    out_dir=root / "adapter",
+                    live_dir=root / "dvclive",
+                )
+            assert len(snapshots) == 1, "Stage 1 should train exactly once"
+            done[arch] = Stage1Run(arch, tiny_models[arch], root / "adapter", root / "dvclive", snapshots[0])
+        return done[arch]
+
+    return run

@@ -1,0 +1,95 @@
+"""Tests for labelling: one answer per item in the answers schema and in item order, bad items skipped with a
+message that names them, and teacher params checked before any model is loaded."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+from mmkd.labelling import label_items
+from mmkd.schema import ANSWER_SCHEMA, LABELS, items_frame, read_items
+from mmkd.teachers import make_teacher
+from mmkd.teachers.local import LocalConfig, LocalTeacher
+from mmkd.tiny import ARCHITECTURES
+
+PROMPT_VERSION = "v1"
+
+
+@pytest.fixture(scope="module")
+def teachers(tiny_models) -> dict[str, LocalTeacher]:
+    # Few new tokens: the random models only need to answer something, not something sensible.
+    return {
+        arch: LocalTeacher(LocalConfig(model=str(tiny_models[arch]), device="cpu", max_new_tokens=8), name=arch)
+        for arch in ARCHITECTURES
+    }
+
+
+def check_answered(answers: pl.DataFrame, ids: list[str]) -> None:
+    """Good items got an answer: parsed (label one of LABELS) or kept unparsed with a reason, never guessed."""
+    for row in answers.filter(pl.col("id").is_in(ids)).iter_rows(named=True):
+        assert row["status"] in ("ok", "unparsed"), row
+        assert row["raw_text"] is not None
+        if row["status"] == "ok":
+            assert row["label"] in LABELS and row["error"] is None
+        else:
+            assert row["label"] is None and row["error"]
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_one_answer_per_item_in_item_order(teachers, world_dir, arch):
+    items = read_items(world_dir / "test.parquet").head(5).reverse()  # not sorted by id: order must be kept
+    answers = label_items(teachers[arch], items, source=arch, prompt_version=PROMPT_VERSION)
+    assert answers.schema == pl.Schema(ANSWER_SCHEMA)
+    assert answers["id"].to_list() == items["id"].to_list()
+    assert answers["source"].to_list() == [arch] * len(items)
+    assert answers["prompt_version"].to_list() == [PROMPT_VERSION] * len(items)
+    check_answered(answers, items["id"].to_list())
+
+
+def test_bad_items_are_skipped_and_the_rest_answered(teachers, world_dir, tmp_path):
+    good = read_items(world_dir / "test.parquet").head(3).to_dicts()
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"this is not a png at all")
+    missing = tmp_path / "missing.png"
+    bad = {
+        "no-image": {"id": "no-image", "image_path": str(missing), "caption": good[0]["caption"]},
+        "corrupt": {"id": "corrupt", "image_path": str(corrupt), "caption": good[0]["caption"]},
+        "no-caption": {"id": "no-caption", "image_path": good[0]["image_path"], "caption": "   "},
+    }
+    # Bad items between good ones, so a bad item cannot shift the answers of its neighbours.
+    items = items_frame([good[0], bad["no-image"], good[1], bad["corrupt"], bad["no-caption"], good[2]])
+
+    answers = label_items(teachers["llava"], items, source="llava", prompt_version=PROMPT_VERSION)
+
+    assert answers.schema == pl.Schema(ANSWER_SCHEMA)
+    assert answers["id"].to_list() == items["id"].to_list()
+    skipped = {r["id"]: r for r in answers.filter(pl.col("status") == "skipped").iter_rows(named=True)}
+    assert set(skipped) == set(bad)
+    for item_id, row in skipped.items():
+        assert repr(item_id) in row["error"], row["error"]
+        assert row["label"] is None and row["raw_text"] is None
+    assert str(missing) in skipped["no-image"]["error"] and "does not exist" in skipped["no-image"]["error"]
+    assert str(corrupt) in skipped["corrupt"]["error"] and "not a readable image" in skipped["corrupt"]["error"]
+    assert "caption is empty" in skipped["no-caption"]["error"]
+    check_answered(answers, [g["id"] for g in good])
+
+
+def test_only_bad_items_gives_only_skipped_answers(teachers, tmp_path):
+    items = items_frame([{"id": "x", "image_path": str(tmp_path / "nope.png"), "caption": "A red circle."}])
+    answers = label_items(teachers["qwen2_vl"], items, source="q", prompt_version=PROMPT_VERSION)
+    assert answers["status"].to_list() == ["skipped"]
+
+
+def test_unknown_backend_names_the_teacher():
+    with pytest.raises(ValueError, match=r"teacher 'big_teacher': unknown backend 'openai'"):
+        make_teacher("big_teacher", {"backend": "openai", "model": "x", "prompt_version": "v1"})
+
+
+def test_unknown_setting_names_the_teacher():
+    with pytest.raises(ValueError, match=r"teacher 'big_teacher': bad settings for backend 'local'.*temperature"):
+        make_teacher("big_teacher", {"backend": "local", "model": "x", "prompt_version": "v1", "temperature": 0.7})
+
+
+def test_impossible_local_settings_are_refused():
+    with pytest.raises(ValueError, match="batch_size and max_new_tokens must be >= 1"):
+        LocalConfig(model="x", batch_size=0)

@@ -1,0 +1,267 @@
+"""Tests for the student trainers on tiny models: what each stage writes, that every LoRA parameter is trained, that
+Stage-2 adapters chain onto Stage 1, and that bad settings fail with a message instead of training nothing."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import polars as pl
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import AutoProcessor
+
+from mmkd.modeling import ADAPTER_INFO, adapter_chain, generate, load_model, load_student
+from mmkd.tiny import ARCHITECTURES
+from mmkd.training.config import DPOSettings, LoraSettings, Stage2Settings, TrainSettings, from_params
+from mmkd.training.trainers import check_dpo_length, run_stage2
+
+STAGE2_ARCH = "llava"  # the demo student's architecture
+STAGE2_LORA = LoraSettings(r=4, alpha=8)
+STAGE2 = Stage2Settings(
+    lora=STAGE2_LORA,
+    sft=TrainSettings(max_steps=2, batch_size=4, learning_rate=1e-2, logging_steps=1),
+    # Large enough a step that the DPO loss leaves ln 2 within a few steps.
+    dpo=DPOSettings(max_steps=3, batch_size=4, learning_rate=5e-3, logging_steps=1),
+)
+REJECTED = "Label: pristine. Rationale: it looks fine."
+
+
+def saved_name(param_name: str) -> str:
+    """The key PEFT saves a trainable parameter under (without the adapter name)."""
+    return param_name.replace(".default.", ".")
+
+
+def assert_every_param_changed(initial: dict[str, torch.Tensor], saved: dict[str, torch.Tensor]) -> None:
+    """TRL-style: every trainable parameter is a LoRA weight of the language model, is saved, and moved."""
+    assert initial, "nothing was trainable"
+    for name in initial:
+        assert "lora_" in name and "language_model" in name, f"{name} should be frozen"
+    assert {saved_name(n) for n in initial} == set(saved)
+    unchanged = [n for n, p in initial.items() if torch.allclose(p, saved[saved_name(n)])]
+    assert not unchanged, f"{len(unchanged)}/{len(initial)} parameters did not change, e.g. {unchanged[:3]}"
+
+
+def lora_layers(adapter_dir: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """module name -> (A, B) of a saved adapter."""
+    weights = load_file(adapter_dir / "adapter_model.safetensors")
+    return {
+        k.removeprefix("base_model.model.").removesuffix(".lora_A.weight"): (v, weights[k.replace("lora_A", "lora_B")])
+        for k, v in weights.items()
+        if k.endswith("lora_A.weight")
+    }
+
+
+def assert_merged(before, after, adapter_dir: Path, lora: LoraSettings) -> None:
+    """``after`` holds ``before`` plus the adapter's ``B @ A * alpha / r`` in every adapted layer, nothing else."""
+    layers = lora_layers(adapter_dir)
+    old, new = before.state_dict(), after.state_dict()
+    assert set(old) == set(new)
+    for name, (a, b) in layers.items():
+        expected = old[f"{name}.weight"] + (b @ a) * (lora.alpha / lora.r)
+        torch.testing.assert_close(new[f"{name}.weight"], expected, atol=1e-5, rtol=1e-4)
+    untouched = [k for k in old if k.removesuffix(".weight") not in layers]
+    assert untouched
+    for k in untouched:
+        assert torch.equal(old[k], new[k]), f"{k} changed but has no LoRA"
+
+
+def tsv_values(path: Path) -> list[float]:
+    lines = path.read_text().splitlines()
+    assert lines[0].split("\t")[-1] == "loss", lines[0]
+    return [float(line.split("\t")[-1]) for line in lines[1:]]
+
+
+def first_image(rows: pl.DataFrame) -> Image.Image:
+    return Image.open(rows["image_path"][0]).convert("RGB")
+
+
+def answers_one(model, processor, rows: pl.DataFrame) -> None:
+    out = generate(model, processor, [rows["prompt"][0]], [first_image(rows)], max_new_tokens=4)
+    assert len(out) == 1 and isinstance(out[0], str)
+
+
+# --- Stage 1 -------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_stage1_saves_a_safetensors_adapter_with_its_base(stage1_run, arch):
+    run = stage1_run(arch)
+    files = sorted(p.name for p in run.adapter.iterdir())
+    assert "adapter_model.safetensors" in files and "adapter_config.json" in files
+    assert not [f for f in files if f.endswith((".bin", ".pt", ".pkl"))], files
+    assert json.loads((run.adapter / ADAPTER_INFO).read_text()) == {"base": str(run.base), "parent": None}
+    assert adapter_chain(run.adapter) == (str(run.base), [str(run.adapter)])
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_stage1_logs_the_loss_with_dvclive(stage1_run, arch):
+    run = stage1_run(arch)
+    metrics = json.loads((run.live / "metrics.json").read_text())
+    assert math.isfinite(metrics["loss"])
+    losses = tsv_values(run.live / "plots" / "metrics" / "loss.tsv")
+    assert len(losses) == 3  # logging_steps=1, max_steps=3
+    assert all(math.isfinite(v) for v in losses)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_stage1_trains_every_lora_parameter(stage1_run, arch):
+    run = stage1_run(arch)
+    saved = load_file(run.adapter / "adapter_model.safetensors")
+    # B starts at zero, so a B that is still zero was never trained; A must have moved from its random start.
+    assert all(name.endswith(("lora_A.weight", "lora_B.weight")) for name in saved)
+    assert_every_param_changed(run.initial, saved)
+    # Every projection of every language-model layer is adapted (the config's regex), none of the vision tower.
+    modules = {n.rsplit(".lora_", 1)[0] for n in saved}
+    assert {m.rsplit(".", 1)[-1] for m in modules} == {
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    }
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_stage1_adapter_loads_back_merged_and_generates(stage1_run, sft_rows, arch):
+    run = stage1_run(arch)
+    base, _ = load_model(run.base, device="cpu")
+    student, processor = load_student(None, run.adapter, device="cpu")
+    assert_merged(base, student, run.adapter, LoraSettings(r=4, alpha=8))
+    answers_one(student, processor, sft_rows)
+
+
+# --- Stage 2 -------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stage2_data(sft_rows) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """A small conflict set: SFT rows, and DPO pairs preferring the teacher's target over a wrong answer."""
+    sft = sft_rows.head(8)
+    pairs = sft.select(
+        "id", "image_path", "prompt", pl.col("completion").alias("chosen"), pl.lit(REJECTED).alias("rejected")
+    )
+    return sft, pairs
+
+
+@pytest.fixture(scope="module")
+def stage2_run(stage1_run, stage2_data, record_trainable_params, tmp_path_factory):
+    s1 = stage1_run(STAGE2_ARCH)
+    root = tmp_path_factory.mktemp("stage2")
+    with record_trainable_params() as snapshots:
+        trained = run_stage2(
+            str(s1.base),
+            str(s1.adapter),
+            *stage2_data,
+            settings=STAGE2,
+            seed=0,
+            out_dir=root / "adapter",
+            live_dir=root / "dvclive",
+        )
+    return {
+        "stage1": s1,
+        "trained": trained,
+        "adapter": root / "adapter",
+        "live": root / "dvclive",
+        "snaps": snapshots,
+    }
+
+
+def test_stage2_saves_an_adapter_whose_parent_is_stage1(stage2_run):
+    s1, out = stage2_run["stage1"], stage2_run["adapter"]
+    assert stage2_run["trained"] is True
+    assert (out / "adapter_model.safetensors").is_file()
+    assert not (out / "ref").exists(), "only the trained adapter is saved, not TRL's frozen DPO reference copy"
+    assert not list(out.rglob("*.bin"))
+    assert json.loads((out / ADAPTER_INFO).read_text()) == {"base": str(s1.base), "parent": str(s1.adapter)}
+    assert adapter_chain(out) == (str(s1.base), [str(s1.adapter), str(out)])
+
+
+def test_stage2_logs_sft_and_dpo_and_dpo_learns(stage2_run):
+    live = stage2_run["live"]
+    for phase in ("sft", "dpo"):
+        assert (live / phase / "metrics.json").is_file(), phase
+        assert all(math.isfinite(v) for v in tsv_values(live / phase / "plots" / "metrics" / "loss.tsv"))
+    dpo = tsv_values(live / "dpo" / "plots" / "metrics" / "loss.tsv")
+    assert len(dpo) == 3
+    # ln 2 is the loss of a policy equal to its reference; a DPO that truncated its responses would stay there.
+    assert abs(dpo[-1] - math.log(2)) > 0.01, dpo
+
+
+def test_stage2_trains_every_parameter_of_the_new_lora(stage2_run):
+    sft_start, dpo_start = stage2_run["snaps"]  # one snapshot as SFT starts, one as DPO starts
+    saved = load_file(stage2_run["adapter"] / "adapter_model.safetensors")
+    assert_every_param_changed(sft_start, saved)
+    assert_every_param_changed(dpo_start, saved)  # DPO itself moved every parameter too
+    # A fresh LoRA, not a continuation of Stage 1's: its B starts at zero.
+    assert all(not p.any() for n, p in sft_start.items() if "lora_B" in n)
+
+
+def test_stage2_adapter_applies_the_chain_and_generates(stage2_run, sft_rows):
+    s1, out = stage2_run["stage1"], stage2_run["adapter"]
+    after_stage1, _ = load_student(None, s1.adapter, device="cpu")
+    student, processor = load_student(None, out, device="cpu")
+    assert_merged(after_stage1, student, out, STAGE2_LORA)
+    answers_one(student, processor, sft_rows)
+
+
+def test_stage2_with_an_empty_conflict_set_passes_stage1_through(stage1_run, stage2_data, tmp_path):
+    s1 = stage1_run(STAGE2_ARCH)
+    sft, pairs = (df.clear() for df in stage2_data)
+    out, live = tmp_path / "stage2", tmp_path / "dvclive"
+    (out / "stale").mkdir(parents=True)  # left over from an earlier run; must not survive
+
+    trained = run_stage2(
+        str(s1.base), str(s1.adapter), sft, pairs, settings=STAGE2, seed=0, out_dir=out, live_dir=live
+    )
+    assert trained is False
+
+    def files(d: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+    assert files(out) == files(s1.adapter)
+    assert live.is_dir()
+
+
+# --- Settings -------------------------------------------------------------------------------------------------------
+
+
+def test_dpo_max_length_shorter_than_an_item_is_refused(tiny_models, stage2_data):
+    processor = AutoProcessor.from_pretrained(tiny_models[STAGE2_ARCH])
+    _, pairs = stage2_data
+    with pytest.raises(ValueError, match=rf"max_length=10 is shorter than item '{pairs['id'][0]}'"):
+        check_dpo_length(processor, pairs, 10)
+    check_dpo_length(processor, pairs, None)
+    check_dpo_length(processor, pairs, 4096)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: TrainSettings(batch_size=0), "batch_size and grad_accum must be >= 1"),
+        (lambda: TrainSettings(max_steps=-1, epochs=0), "set epochs > 0 or max_steps > 0"),
+        (lambda: TrainSettings(learning_rate=0), "learning_rate must be > 0"),
+        (lambda: LoraSettings(r=0), "lora.r must be >= 1"),
+        (lambda: DPOSettings(beta=0), "dpo.beta must be > 0"),
+        (lambda: from_params(TrainSettings, {"lr": 1e-3}), r"TrainSettings: unknown setting\(s\) \['lr'\]"),
+        (
+            lambda: from_params(Stage2Settings, {"dpo": {"betta": 0.2}}),
+            r"DPOSettings: unknown setting\(s\) \['betta'\]",
+        ),
+        (lambda: from_params(Stage2Settings, {"sft": {"batch_size": 0}}), "batch_size and grad_accum must be >= 1"),
+    ],
+)
+def test_bad_settings_are_refused_with_a_message(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_from_params_builds_nested_stage2_settings():
+    s = from_params(Stage2Settings, {"run_sft": False, "dpo": {"beta": 0.3}, "lora": {"r": 2}})
+    assert (s.run_sft, s.dpo.beta, s.lora.r, s.sft.batch_size) == (False, 0.3, 2, TrainSettings().batch_size)
+    assert isinstance(s.dpo, DPOSettings) and s.dpo.learning_rate == DPOSettings().learning_rate
