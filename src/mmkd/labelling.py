@@ -15,7 +15,7 @@ from mmkd.items import BadItem, check_caption, load_image
 from mmkd.parsing import parse_answer
 from mmkd.prompts import get_prompt
 from mmkd.schema import answers_frame
-from mmkd.teachers.base import TeacherBackend, TeacherRequest
+from mmkd.teachers.base import TeacherBackend, TeacherReply, TeacherRequest
 
 log = logging.getLogger(__name__)
 
@@ -36,32 +36,36 @@ def build_requests(items: pl.DataFrame, prompt_version: str) -> tuple[list[Teach
     return requests, skipped
 
 
-def label_items(backend: TeacherBackend, items: pl.DataFrame, *, source: str, prompt_version: str) -> pl.DataFrame:
-    """Answers of ``backend`` to every item, in item order, in the answers schema."""
-    requests, skipped = build_requests(items, prompt_version)
-    for row in skipped:
-        log.warning("%s: skipped %s", source, row["error"])
-    rows = {row["id"]: row for row in skipped}
-    for reply in backend.answer(requests) if requests else []:
-        if reply.error is not None:
-            rows[reply.item_id] = {
-                "id": reply.item_id,
-                "status": "error",
-                "error": reply.error,
-                "raw_text": reply.text,
-            }
-            continue
-        parsed = parse_answer(reply.text)
-        rows[reply.item_id] = {
-            "id": reply.item_id,
-            "label": parsed.label,
-            "rationale": parsed.rationale,
-            "raw_text": reply.text,
-            "status": parsed.status,
-            "error": parsed.reason,
-        }
+def label_items(
+    backend: TeacherBackend, items: pl.DataFrame, *, source: str, prompt_version: str, chunk_size: int = 512
+) -> pl.DataFrame:
+    """Answers of ``backend`` to every item, in item order, in the answers schema.
+
+    Items go to the backend ``chunk_size`` at a time, so only one chunk of images is in memory at once.
+    """
+    rows: dict[str, dict] = {}
+    for start in range(0, len(items), chunk_size):
+        requests, skipped = build_requests(items.slice(start, chunk_size), prompt_version)
+        for row in skipped:
+            log.warning("%s: skipped %s", source, row["error"])
+            rows[row["id"]] = row
+        for reply in backend.answer(requests) if requests else []:
+            rows[reply.item_id] = _answer_row(reply)
     ordered = [rows[i] | {"source": source, "prompt_version": prompt_version} for i in items["id"]]
     answers = answers_frame(ordered)
-    counts = answers["status"].value_counts().sort("status")
-    log.info("%s: %s", source, dict(counts.iter_rows()))
+    log.info("%s: %s", source, dict(answers["status"].value_counts().sort("status").iter_rows()))
     return answers
+
+
+def _answer_row(reply: TeacherReply) -> dict:
+    if reply.error is not None:
+        return {"id": reply.item_id, "status": "error", "error": reply.error, "raw_text": reply.text}
+    parsed = parse_answer(reply.text)
+    return {
+        "id": reply.item_id,
+        "label": parsed.label,
+        "rationale": parsed.rationale,
+        "raw_text": reply.text,
+        "status": parsed.status,
+        "error": parsed.reason,
+    }
