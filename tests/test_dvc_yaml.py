@@ -1,0 +1,81 @@
+"""Static checks of dvc.yaml, resolved by DVC against the committed params.yaml (nothing runs).
+
+The house rules (see STYLE.md): gold labels reach only the stages that must read them, every stage lists its own
+script as a dependency, and the params a stage declares are params that exist.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path, PurePosixPath
+
+import pytest
+import yaml
+from dvc.dependency import ParamsDependency
+from dvc.repo import Repo
+
+ROOT = Path(__file__).resolve().parents[1]
+GOLD_READERS = {"split", "evaluate"}  # conflict items' gold (train) and test gold; nothing else downstream
+WORLD_READERS = {"bootstrap"}  # pre-trains on the separate bootstrap split, whose gold it needs: reads the world dir
+
+
+@pytest.fixture(scope="module")
+def stages() -> dict[str, object]:
+    """Every stage of dvc.yaml, foreach expanded, by name (``label@teacher_qwen``)."""
+    with Repo(str(ROOT), config={"core": {"no_scm": True}}) as repo:  # reads dvc.yaml only; no git needed
+        return {stage.addressing: stage for stage in repo.index.stages}
+
+
+@pytest.fixture(scope="module")
+def params() -> dict:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def file_deps(stage) -> list[PurePosixPath]:
+    return [PurePosixPath(dep.def_path) for dep in stage.deps if not isinstance(dep, ParamsDependency)]
+
+
+def test_only_split_and_evaluate_depend_on_gold_files(stages):
+    readers = {
+        name
+        for name, stage in stages.items()
+        if any(p.suffixes[-2:] == [".gold", ".parquet"] for p in file_deps(stage))
+    }
+    assert readers == GOLD_READERS
+
+
+def test_only_bootstrap_depends_on_the_whole_world(stages, params):
+    """A dependency on the world folder (or above it) hides its gold files from the check above."""
+    world = PurePosixPath(params["data"]["dir"])
+    readers = {
+        name.split("@")[0]
+        for name, stage in stages.items()
+        if name != "world" and any(world == p or p in world.parents for p in file_deps(stage))
+    }
+    assert readers == WORLD_READERS
+
+
+def test_every_stage_lists_its_own_script(stages):
+    for name, stage in stages.items():
+        scripts = [PurePosixPath(word) for word in shlex.split(stage.cmd) if word.endswith(".py")]
+        assert scripts, f"stage {name}: no script in cmd {stage.cmd!r}"
+        for script in scripts:
+            assert script in file_deps(stage), f"stage {name}: {script} is run but not in deps"
+
+
+def test_source_deps_exist(stages):
+    for name, stage in stages.items():
+        for path in file_deps(stage):
+            if path.parts[0] in ("src", "stages"):
+                assert (ROOT / path).exists(), f"stage {name}: dependency {path} does not exist"
+
+
+def test_declared_params_exist(stages, params):
+    for name, stage in stages.items():
+        declared = [key for dep in stage.deps if isinstance(dep, ParamsDependency) for key in dep.params]
+        assert declared, f"stage {name} declares no params"
+        for key in declared:
+            node = params
+            for part in key.split("."):
+                assert isinstance(node, dict) and part in node, f"stage {name}: param {key!r} not in params.yaml"
+                node = node[part]

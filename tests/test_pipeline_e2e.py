@@ -1,0 +1,295 @@
+"""End-to-end runs of the DVC pipeline at CI size in a temporary git copy of this repo.
+
+One module-scoped fixture copies the tree (tracked plus untracked, non-ignored files), makes `data=demo_ci
+bootstrap=demo_ci` the defaults in the copy's conf/config.yaml (so `dvc exp run` composes the CI size too), commits
+and runs `dvc repro` once. The tests then check what it wrote, that DVC skips what did not change, that one teacher's
+setting invalidates only that teacher and what is downstream of it, a push/pull round trip, and two experiments.
+The tests share that one repo and run in file order: the experiments come last because they change the workspace.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mmkd.evaluation import METRIC_KEYS
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[1]
+CI_DEFAULTS = {"data": "demo_ci", "bootstrap": "demo_ci"}
+TEACHERS = ("teacher_qwen", "teacher_llava")
+STAGES = (
+    "world",
+    *(f"bootstrap@{m}" for m in ("teacher_qwen", "teacher_llava", "student_base")),
+    *(f"label@{t}" for t in TEACHERS),
+    "split",
+    "stage1",
+    "stage2",
+    "evaluate",
+)
+# Everything DVC caches, so pushes and pulls: these outputs, and every folder in OUT_PARENTS (one per teacher/model).
+CACHED_OUTS = ("data/world", "data/split", "data/predictions")
+OUT_PARENTS = ("data/answers", "models")
+RUNNING = re.compile(r"Running stage '([^']+)'")
+
+
+@dataclass
+class Pipeline:
+    """The temp repo, the environment to run commands in, and the result of the first `dvc repro`."""
+
+    repo: Path
+    env: dict[str, str]
+    first_repro: subprocess.CompletedProcess | None
+
+
+def run(repo: Path, env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command in the temp repo; on failure, fail with its output (the tail: training logs are long)."""
+    result = subprocess.run(list(args), cwd=repo, capture_output=True, text=True, env=env)
+    if check:
+        assert result.returncode == 0, describe(result)
+    return result
+
+
+def git(pipeline: Pipeline, *args: str) -> subprocess.CompletedProcess:
+    return run(pipeline.repo, pipeline.env, "git", *args)
+
+
+def dvc(pipeline: Pipeline, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """``dvc <args>`` through this interpreter (stage cmds find the same venv's python first on PATH)."""
+    return run(pipeline.repo, pipeline.env, sys.executable, "-m", "dvc", *args, check=check)
+
+
+def describe(result: subprocess.CompletedProcess, limit: int = 6000) -> str:
+    """The command, its exit status and the tails of its stdout and stderr, for an assertion message."""
+    return (
+        f"`{' '.join(map(str, result.args))}` exited {result.returncode}\n"
+        f"--- stdout (tail) ---\n{result.stdout[-limit:]}\n--- stderr (tail) ---\n{result.stderr[-limit:]}"
+    )
+
+
+def offline_env() -> dict[str, str]:
+    """Offline, no analytics, the venv first on PATH (stage cmds run `python`), and a git identity for commits."""
+    env = dict(os.environ)
+    env.update(
+        DVC_NO_ANALYTICS="1",
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        GIT_AUTHOR_NAME="mmkd e2e",
+        GIT_AUTHOR_EMAIL="e2e@mmkd.invalid",
+        GIT_COMMITTER_NAME="mmkd e2e",
+        GIT_COMMITTER_EMAIL="e2e@mmkd.invalid",
+        PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
+    )
+    return env
+
+
+def copy_tree(dest: Path) -> None:
+    """Copy the files git would see (tracked and untracked, not ignored): recent work may not be committed yet."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    if listed.returncode != 0:
+        pytest.skip(f"e2e tests copy the repo with git, which failed here: {listed.stderr.strip()}")
+    for name in filter(None, listed.stdout.split("\0")):
+        src = ROOT / name
+        if src.is_file():  # a tracked file deleted in the working tree is left out
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+
+
+def make_ci_default(config: Path) -> None:
+    """Point the defaults list of conf/config.yaml at the CI-size groups (a line edit keeps the comments)."""
+    text = config.read_text()
+    for group, option in CI_DEFAULTS.items():
+        text, n = re.subn(rf"^(\s*-\s*{group}\s*:\s*)\S+", rf"\g<1>{option}", text, flags=re.MULTILINE)
+        assert n == 1, f"{config}: expected one `- {group}: ...` line in the defaults list, found {n}"
+    config.write_text(text)
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory) -> Pipeline:
+    """A committed CI-size copy of the repo on which `dvc repro` has run once (its result is in first_repro)."""
+    repo = tmp_path_factory.mktemp("pipeline")
+    env = offline_env()
+    copy_tree(repo)
+    make_ci_default(repo / "conf" / "config.yaml")
+    run(repo, env, sys.executable, "-m", "mmkd.cli", "compose")
+    pipeline = Pipeline(repo, env, first_repro=None)
+    git(pipeline, "init", "-q")
+    git(pipeline, "config", "user.name", env["GIT_AUTHOR_NAME"])
+    git(pipeline, "config", "user.email", env["GIT_AUTHOR_EMAIL"])
+    git(pipeline, "add", "-A")
+    git(pipeline, "commit", "-q", "-m", "CI-size copy")
+    pipeline.first_repro = dvc(pipeline, "repro", check=False)
+    if pipeline.first_repro.returncode == 0:  # commit the results, as a user would: the experiments' baseline
+        git(pipeline, "add", "-A")
+        git(pipeline, "commit", "-q", "-m", "dvc repro")
+    return pipeline
+
+
+@pytest.fixture
+def reproduced(pipeline: Pipeline) -> Pipeline:
+    """The pipeline, once the first repro is known to have worked (its own test reports why not)."""
+    if pipeline.first_repro.returncode != 0:
+        pytest.skip("the first `dvc repro` failed: see test_first_repro_writes_metrics_and_outputs")
+    return pipeline
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def running_stages(result: subprocess.CompletedProcess) -> set[str]:
+    """The stages a `dvc repro` (or `exp run`, or `repro --dry`) ran or would run."""
+    return set(RUNNING.findall(result.stdout + result.stderr))
+
+
+def test_first_repro_writes_metrics_and_outputs(pipeline: Pipeline):
+    assert pipeline.first_repro.returncode == 0, describe(pipeline.first_repro)
+    repo = pipeline.repo
+    assert running_stages(pipeline.first_repro) == set(STAGES)
+
+    evaluation = read_json(repo / "metrics/evaluate.json")
+    assert set(evaluation) == {"zero_shot", "stage1", "stage2", "teachers"}
+    assert set(evaluation["teachers"]) == set(TEACHERS)
+    entries = {name: evaluation[name] for name in ("zero_shot", "stage1", "stage2")}
+    entries |= {f"teachers.{t}": m for t, m in evaluation["teachers"].items()}
+    for name, metrics in entries.items():
+        assert set(metrics) == set(METRIC_KEYS), f"metrics/evaluate.json: {name} has keys {sorted(metrics)}"
+        assert metrics["n"] > 0, f"metrics/evaluate.json: {name} scored no items"
+
+    split = read_json(repo / "metrics/split.json")
+    for key in ("n_items", "conflict_count", "conflict_rate", "labelled_fraction", "unparsed_rate", "agreement"):
+        assert key in split, f"metrics/split.json has no {key!r}: {sorted(split)}"
+    assert set(split["unparsed_rate"]) == set(TEACHERS)
+    assert list(split["agreement"]) == ["|".join(sorted(TEACHERS))]
+
+    predictions = {p.name for p in (repo / "data/predictions").glob("*.parquet")}
+    assert {"zero_shot.parquet", "stage1.parquet", "stage2.parquet"} <= predictions
+    assert len(predictions) == 3 + len(TEACHERS), predictions
+    for stage in ("stage1", "stage2"):
+        assert (repo / "models" / stage / "adapter_model.safetensors").is_file()
+
+
+def test_second_repro_runs_nothing(reproduced: Pipeline):
+    again = dvc(reproduced, "repro")
+    output = again.stdout + again.stderr
+    assert "Running stage" not in output, describe(again)
+    for stage in STAGES:
+        assert f"Stage '{stage}' didn't change, skipping" in output, describe(again)
+    status = dvc(reproduced, "status")
+    assert "Data and pipelines are up to date" in status.stdout, describe(status)
+
+
+def test_one_teacher_setting_invalidates_that_teacher_only(reproduced: Pipeline):
+    params_file = reproduced.repo / "params.yaml"
+    params = yaml.safe_load(params_file.read_text())
+    params["teachers"]["teacher_llava"]["max_new_tokens"] += 16
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        status = dvc(reproduced, "status", "--json")
+        changed = set(json.loads(status.stdout))
+        # Stages that read the whole `teachers` block change directly; stage2 only through their outputs, so
+        # `status` and a plain dry run leave it out and --force-downstream puts it in.
+        assert changed == {"label@teacher_llava", "split", "stage1", "evaluate"}, status.stdout
+        dry = dvc(reproduced, "repro", "--dry")
+        assert running_stages(dry) == changed, describe(dry)
+        downstream = dvc(reproduced, "repro", "--dry", "--force-downstream")
+        assert running_stages(downstream) == {"label@teacher_llava", "split", "stage1", "stage2", "evaluate"}, (
+            describe(downstream)
+        )
+    finally:
+        git(reproduced, "checkout", "--", "params.yaml")
+    status = dvc(reproduced, "status")
+    assert "Data and pipelines are up to date" in status.stdout, describe(status)
+
+
+def cached_outputs(repo: Path) -> list[Path]:
+    """The output folders DVC caches (pushes, pulls)."""
+    return [repo / out for out in CACHED_OUTS] + [d for p in OUT_PARENTS for d in (repo / p).glob("*/") if d.is_dir()]
+
+
+def cached_files(repo: Path) -> dict[str, str]:
+    """sha256 of every file under the DVC-cached outputs."""
+    return {
+        str(p.relative_to(repo)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for out in cached_outputs(repo)
+        for p in sorted(out.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_push_then_pull_restores_every_file(reproduced: Pipeline, tmp_path):
+    repo = reproduced.repo
+    dvc(reproduced, "remote", "add", "-d", "local", str(tmp_path / "remote"))
+    try:
+        dvc(reproduced, "push")
+        before = cached_files(repo)
+        assert any(name.startswith("models/stage2/") for name in before), sorted(before)
+        models = (*TEACHERS, "student_base", "stage1", "stage2")
+        expected = {*CACHED_OUTS, *(f"data/answers/{t}" for t in TEACHERS), *(f"models/{m}" for m in models)}
+        assert {str(out.relative_to(repo)) for out in cached_outputs(repo)} == expected
+        for path in [repo / ".dvc/cache", *cached_outputs(repo)]:
+            shutil.rmtree(path)
+        assert cached_files(repo) == {}
+        dvc(reproduced, "pull")
+        after = cached_files(repo)
+        assert sorted(after) == sorted(before)
+        assert [name for name in before if after[name] != before[name]] == []
+        status = dvc(reproduced, "status")
+        assert "Data and pipelines are up to date" in status.stdout, describe(status)
+    finally:
+        git(reproduced, "checkout", "--", ".dvc/config")
+
+
+def shown_experiments(pipeline: Pipeline) -> dict[str, dict]:
+    """Experiment name -> its params.yaml, from `dvc exp show --json`."""
+    show = dvc(pipeline, "exp", "show", "--json")
+    found = {}
+    for baseline in json.loads(show.stdout):
+        for experiment in baseline.get("experiments") or []:
+            for rev in experiment["revs"]:
+                found[rev["name"]] = rev["data"]["params"]["params.yaml"]["data"]
+    return found
+
+
+def test_exp_run_with_a_param_override(reproduced: Pipeline):
+    dvc(reproduced, "exp", "run", "-n", "dpo-beta-0.2", "-S", "stage2.dpo.beta=0.2")
+    experiments = shown_experiments(reproduced)
+    assert "dpo-beta-0.2" in experiments, sorted(experiments)
+    params = experiments["dpo-beta-0.2"]
+    assert params["stage2"]["dpo"]["beta"] == 0.2
+    assert params["data"]["sizes"] == yaml.safe_load((reproduced.repo / "conf/data/demo_ci.yaml").read_text())["sizes"]
+
+
+def test_exp_run_with_one_teacher(reproduced: Pipeline):
+    result = dvc(reproduced, "exp", "run", "-n", "qwen-only", "-S", "teachers=demo_qwen_only")
+    ran = running_stages(result)
+    assert {"split", "stage1", "evaluate"} <= ran, describe(result)
+    assert not ran & {"world", "label@teacher_qwen", *(s for s in STAGES if s.startswith("bootstrap@"))}, ran
+    experiments = shown_experiments(reproduced)
+    assert "qwen-only" in experiments, sorted(experiments)
+    assert list(experiments["qwen-only"]["teachers"]) == ["teacher_qwen"]
+
+    repo = reproduced.repo
+    assert list(read_json(repo / "metrics/evaluate.json")["teachers"]) == ["teacher_qwen"]
+    split = read_json(repo / "metrics/split.json")
+    assert split["agreement"] == {} and split["stage2_sft_rows"] == 0 and split["stage2_dpo_pairs"] == 0, split
+    # one teacher never disagrees with another, so Stage 2 has nothing to learn and passes Stage 1 through
+    adapter = "adapter_model.safetensors"
+    assert (repo / "models/stage2" / adapter).read_bytes() == (repo / "models/stage1" / adapter).read_bytes()
