@@ -1,8 +1,8 @@
 """Stage `evaluate` (script named eval.py so it does not shadow the `evaluate` package): score the zero-shot
 student, Stage 1, Stage 2 and every teacher on the test split.
 
-Writes per-item predictions (data/predictions/<source>.parquet), metrics/evaluate.json and confusion-matrix plot
-data (metrics/confusion/<source>.csv).
+Writes per-item predictions (data/predictions/<model>.parquet, teachers under teachers/), metrics/evaluate.json
+and confusion-matrix plot data (metrics/confusion/<model>.csv, teachers under teachers/).
 """
 
 from pathlib import Path
@@ -35,14 +35,14 @@ def main() -> None:
         predictions[name] = label_items(
             LocalTeacher(config, name=name), items, source=name, prompt_version=student["prompt_version"]
         )
-    teachers = {t: read_answers(f"data/answers/{t}/test.parquet") for t in params["teachers"]}
+    teachers = {t: read_answers(f"data/answers/{t}/test.parquet") for t in params["teacher_names"]}
 
     out, plots = Path("data/predictions"), Path("metrics/confusion")
-    out.mkdir(parents=True, exist_ok=True)
-    plots.mkdir(parents=True, exist_ok=True)
+    for d in (out / "teachers", plots / "teachers"):
+        d.mkdir(parents=True, exist_ok=True)
     metrics = {name: score(answers, gold) for name, answers in predictions.items()}
     metrics["teachers"] = {t: score(answers, gold) for t, answers in teachers.items()}
-    for name, answers in (predictions | {f"teacher_{t}": a for t, a in teachers.items()}).items():
+    for name, answers in (predictions | {f"teachers/{t}": a for t, a in teachers.items()}).items():
         answers.write_parquet(out / f"{name}.parquet")
         confusion_rows(answers, gold).write_csv(plots / f"{name}.csv")
     write_json("metrics/evaluate.json", metrics)

@@ -10,7 +10,7 @@ from mmkd.stage_io import read_params, setup_logging, write_json
 def main() -> None:
     setup_logging()
     params = read_params()
-    answers = {t: read_answers(f"data/answers/{t}/train.parquet") for t in params["teachers"]}
+    answers = {t: read_answers(f"data/answers/{t}/train.parquet") for t in params["teacher_names"]}
     gold_file = gold_path(Path(params["data"]["dir"]) / "train.parquet")
     conflicts, sft_rows, pairs, metrics = conflict_split(answers, gold_file, unparsed=params["split"]["unparsed"])
     out = Path("data/split")

@@ -15,7 +15,7 @@ def main() -> None:
     params = read_params()
     student, stage1 = params["student"], params["stage1"]
     seed_everything(params["seed"])
-    answers = {t: read_answers(f"data/answers/{t}/train.parquet") for t in params["teachers"]}
+    answers = {t: read_answers(f"data/answers/{t}/train.parquet") for t in params["teacher_names"]}
     items = read_items(Path(params["data"]["dir"]) / "train.parquet")
     rows = with_prompts(stage1_rows(answers, policy=stage1["targets"]), items, student["prompt_version"])
     run_stage1(

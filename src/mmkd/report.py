@@ -106,7 +106,9 @@ def html_report(root: str | Path = ".") -> str:
             df = pl.read_csv(tsv, separator="\t")
             parts.append(f"<h3>{title}</h3>" + _svg_curve(list(zip(df["step"], df["loss"], strict=True))))
     parts.append("<h2>Confusion matrices (test)</h2>")
-    for csv in sorted((root / "metrics/confusion").glob("*.csv")):
-        parts.append(f"<h3>{html.escape(csv.stem)}</h3>" + _confusion_table(csv))
+    confusion = root / "metrics/confusion"
+    for csv in sorted(confusion.rglob("*.csv")):
+        name = str(csv.relative_to(confusion).with_suffix(""))
+        parts.append(f"<h3>{html.escape(name)}</h3>" + _confusion_table(csv))
     parts.append("</body></html>")
     return "\n".join(parts)
