@@ -20,6 +20,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+GIT_ID = {"GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@localhost"} | {
+    "GIT_COMMITTER_NAME": "bench",
+    "GIT_COMMITTER_EMAIL": "bench@localhost",
+}
 TARGETS = {"cold repro": (600.0, 6.0), "no-op repro": (10.0, None)}  # seconds, GiB
 
 
@@ -71,6 +75,8 @@ def main() -> None:
         copy_repo(tmp)
         subprocess.run([sys.executable, "-m", "mmkd.cli", "compose", *args.overrides], cwd=tmp, env=env, check=True)
         subprocess.run(["git", "init", "-q"], cwd=tmp, check=True)
+        subprocess.run(["git", "add", "-A"], cwd=tmp, check=True)
+        subprocess.run(["git", "commit", "-qm", "benchmark"], cwd=tmp, env=env | GIT_ID, check=True)
         cold_s, cold_gib, log = run([sys.executable, "-m", "dvc", "repro"], tmp, env)
         noop_s, _, noop_log = run([sys.executable, "-m", "dvc", "repro"], tmp, env)
         if "Running stage" in noop_log:
