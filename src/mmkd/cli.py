@@ -20,9 +20,7 @@ def _predict(args: argparse.Namespace) -> int:
     single = args.image is not None or args.caption is not None
     if single == (args.items is not None):
         raise SystemExit("mmkd predict: give either --image and --caption, or --items FILE --out FILE")
-    predictor = load_predictor(
-        adapter=args.adapter, base=args.base, prompt_version=args.prompt_version, batch_size=args.batch_size
-    )
+    predictor = load_predictor(adapter=args.adapter, base=args.base, batch_size=args.batch_size)
     if single:
         if args.image is None:
             raise SystemExit("mmkd predict: --caption needs --image")

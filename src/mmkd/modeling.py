@@ -7,7 +7,6 @@ own chat template. The tiny demo models go through exactly the same calls.
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import torch
@@ -16,8 +15,6 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 import mmkd.processors  # noqa: F401  (registers the image-only Qwen2-VL processor with AutoProcessor)
-
-log = logging.getLogger(__name__)
 
 # Written next to every adapter mmkd saves: which base model it belongs to and which adapter (if any) must be
 # merged into the base first. This is how a Stage-2 adapter (trained on top of merged Stage 1) is found again.

@@ -11,9 +11,7 @@ from mmkd.schema import SchemaError, conform_items, read_items
 from mmkd.teachers.local import LocalConfig, LocalTeacher
 
 
-def load_predictor(
-    *, adapter: str | None, base: str | None, prompt_version: str, batch_size: int = 16, max_new_tokens: int = 64
-):
+def load_predictor(*, adapter: str | None, base: str | None, batch_size: int = 16, max_new_tokens: int = 64):
     """A local backend for the student: ``base`` defaults to the base model the adapter records."""
     if adapter is None and base is None:
         raise ValueError("give --adapter (a stage1/stage2 output) or --base (a model directory)")
