@@ -9,14 +9,17 @@ from PIL import Image
 from transformers import (
     AutoModelForImageTextToText,
     AutoProcessor,
+    InternVLForConditionalGeneration,
     LlavaForConditionalGeneration,
+    LlavaNextForConditionalGeneration,
+    LlavaNextProcessor,
     LlavaProcessor,
     Qwen2VLForConditionalGeneration,
 )
 
-import mmkd.processors  # noqa: F401  (registers the image-only Qwen2-VL processor)
+import mmkd.processors  # noqa: F401  (registers the image-only Qwen2-VL and InternVL processors)
 from mmkd.modeling import assistant_turn, generate, load_model, user_turn
-from mmkd.processors import Qwen2VLImageOnlyProcessor
+from mmkd.processors import InternVLImageOnlyProcessor, Qwen2VLImageOnlyProcessor
 from mmkd.tiny import ARCHITECTURES, build_tiny
 
 EXPECTED = {
@@ -26,10 +29,14 @@ EXPECTED = {
         "<|vision_start|><|image_pad|><|vision_end|>",
     ),
     "llava": (LlavaForConditionalGeneration, LlavaProcessor, "<image>"),
+    "llava_next": (LlavaNextForConditionalGeneration, LlavaNextProcessor, "<image>"),
+    "internvl": (InternVLForConditionalGeneration, InternVLImageOnlyProcessor, "<IMG_CONTEXT>"),
 }
 # Image tokens one 56x56 image becomes: Qwen2-VL merges 2x2 patches of 14 px (4 tokens); LLaVA keeps all 16 CLIP
-# patches plus the class token ("full" feature strategy).
-IMAGE_TOKENS = {"qwen2_vl": 4, "llava": 17}
+# patches plus the class token ("full" feature strategy); LLaVA-NeXT takes the 16 patches of the base tile (no class
+# token) plus the best grid (1x2 tiles: 4x8 patches, of which the unpadded 4x4 = 16) and one newline per row (4);
+# InternVL makes one tile (square image) of 16 patches, pixel-shuffled 2x2 into 4 tokens.
+IMAGE_TOKENS = {"qwen2_vl": 4, "llava": 17, "llava_next": 36, "internvl": 4}
 
 
 def image(world_dir, i: int = 0) -> Image.Image:
@@ -47,9 +54,12 @@ def test_loads_through_auto_classes(tiny_models, arch):
     assert model.generation_config.do_sample is False
 
 
-def test_qwen_processor_has_no_video_processor(tiny_models):
-    processor = AutoProcessor.from_pretrained(tiny_models["qwen2_vl"])
-    assert isinstance(processor, Qwen2VLImageOnlyProcessor)
+@pytest.mark.parametrize(
+    ("arch", "cls"), [("qwen2_vl", Qwen2VLImageOnlyProcessor), ("internvl", InternVLImageOnlyProcessor)]
+)
+def test_image_only_processors_have_no_video_processor(tiny_models, arch, cls):
+    processor = AutoProcessor.from_pretrained(tiny_models[arch])
+    assert isinstance(processor, cls)
     assert getattr(processor, "video_processor", None) is None
 
 
