@@ -1,5 +1,5 @@
-"""Session-wide fixtures: a small demo world, one tiny randomly initialised model per architecture, and Stage-1
-adapters trained on them (built lazily, once, only by the tests that ask).
+"""Session-wide fixtures: a small demo world, one tiny randomly initialised model per architecture, and Stage-1 and
+Stage-2 adapters trained on them (built lazily, once, only by the tests that ask).
 
 Random weights are enough for the mechanics tests (shapes, files, parameter updates); nothing here needs a model
 that answers well. Everything is built locally, so the suite runs offline.
@@ -21,7 +21,7 @@ from mmkd.demo.world import make_world
 from mmkd.schema import read_items
 from mmkd.tiny import ARCHITECTURES, build_tiny
 from mmkd.training import trainers
-from mmkd.training.config import LoraSettings, TrainSettings
+from mmkd.training.config import DPOSettings, LoraSettings, Stage2Settings, TrainSettings
 from mmkd.training.rows import with_prompts
 
 WORLD_SIZES = {"bootstrap": 64, "train": 24, "test": 16}
@@ -31,6 +31,14 @@ PROMPT_VERSION = "v1"
 # gets a gradient from the second step on). The learning rate is large so that the change is far above noise.
 STAGE1_LORA = LoraSettings(r=4, alpha=8)
 STAGE1_TRAIN = TrainSettings(max_steps=3, batch_size=4, learning_rate=1e-2, logging_steps=1)
+STAGE2_LORA = LoraSettings(r=4, alpha=8)
+STAGE2 = Stage2Settings(
+    lora=STAGE2_LORA,
+    sft=TrainSettings(max_steps=2, batch_size=4, learning_rate=1e-2, logging_steps=1),
+    # Large enough a step that the DPO loss leaves ln 2 within a few steps.
+    dpo=DPOSettings(max_steps=3, batch_size=4, learning_rate=5e-3, logging_steps=1),
+)
+REJECTED = "Label: pristine. Rationale: it looks fine."  # the `rejected` answer of every DPO pair
 
 
 @pytest.fixture(scope="session")
@@ -118,6 +126,59 @@ def stage1_run(tiny_models, sft_rows, tmp_path_factory) -> Callable[[str], Stage
                 )
             assert len(snapshots) == 1, "Stage 1 should train exactly once"
             done[arch] = Stage1Run(arch, tiny_models[arch], root / "adapter", root / "dvclive", snapshots[0])
+        return done[arch]
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def stage2_settings() -> Stage2Settings:
+    """The tiny Stage-2 settings every ``stage2_run`` uses."""
+    return STAGE2
+
+
+@pytest.fixture(scope="session")
+def stage2_data(sft_rows) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """A small conflict set: SFT rows, and DPO pairs preferring the teacher's target over a wrong answer."""
+    sft = sft_rows.head(8)
+    pairs = sft.select(
+        "id", "image_path", "prompt", pl.col("completion").alias("chosen"), pl.lit(REJECTED).alias("rejected")
+    )
+    return sft, pairs
+
+
+@dataclass(frozen=True)
+class Stage2Run:
+    """What one ``run_stage2`` call (SFT then DPO) on top of a Stage-1 run produced."""
+
+    stage1: Stage1Run
+    settings: Stage2Settings
+    trained: bool
+    adapter: Path
+    live: Path
+    snapshots: list[dict[str, torch.Tensor]]  # trainable parameters as SFT starts, then as DPO starts
+
+
+@pytest.fixture(scope="session")
+def stage2_run(stage1_run, stage2_data, tmp_path_factory) -> Callable[[str], Stage2Run]:
+    """``stage2_run(arch)``: a tiny Stage-2 run (SFT + DPO) on top of ``stage1_run(arch)``, once per session."""
+    done: dict[str, Stage2Run] = {}
+
+    def run(arch: str) -> Stage2Run:
+        if arch not in done:
+            s1 = stage1_run(arch)
+            root = tmp_path_factory.mktemp(f"stage2_{arch}")
+            with recording_trainable_params() as snapshots:
+                trained = trainers.run_stage2(
+                    str(s1.base),
+                    str(s1.adapter),
+                    *stage2_data,
+                    settings=STAGE2,
+                    seed=0,
+                    out_dir=root / "adapter",
+                    live_dir=root / "dvclive",
+                )
+            done[arch] = Stage2Run(s1, STAGE2, trained, root / "adapter", root / "dvclive", snapshots)
         return done[arch]
 
     return run

@@ -14,20 +14,12 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoProcessor
 
-from mmkd.modeling import ADAPTER_INFO, adapter_chain, generate, load_model, load_student
+from mmkd.modeling import ADAPTER_INFO, adapter_chain, generate, load_model, load_student, user_turn
 from mmkd.tiny import ARCHITECTURES
 from mmkd.training.config import DPOSettings, LoraSettings, Stage2Settings, TrainSettings, from_params
-from mmkd.training.trainers import check_dpo_length, run_stage2
+from mmkd.training.trainers import check_dpo_length, run_stage1, run_stage2
 
-STAGE2_ARCH = "llava"  # the demo student's architecture
-STAGE2_LORA = LoraSettings(r=4, alpha=8)
-STAGE2 = Stage2Settings(
-    lora=STAGE2_LORA,
-    sft=TrainSettings(max_steps=2, batch_size=4, learning_rate=1e-2, logging_steps=1),
-    # Large enough a step that the DPO loss leaves ln 2 within a few steps.
-    dpo=DPOSettings(max_steps=3, batch_size=4, learning_rate=5e-3, logging_steps=1),
-)
-REJECTED = "Label: pristine. Rationale: it looks fine."
+STAGE2_ARCH = "llava"  # the demo student's architecture, for the tests that need only one
 
 
 def saved_name(param_name: str) -> str:
@@ -137,44 +129,14 @@ def test_stage1_adapter_loads_back_merged_and_generates(stage1_run, sft_rows, ar
 
 
 # --- Stage 2 -------------------------------------------------------------------------------------------------------
+# One tiny Stage-2 run (SFT then DPO) per architecture, on top of that architecture's Stage 1 (conftest.stage2_run).
 
 
-@pytest.fixture(scope="module")
-def stage2_data(sft_rows) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """A small conflict set: SFT rows, and DPO pairs preferring the teacher's target over a wrong answer."""
-    sft = sft_rows.head(8)
-    pairs = sft.select(
-        "id", "image_path", "prompt", pl.col("completion").alias("chosen"), pl.lit(REJECTED).alias("rejected")
-    )
-    return sft, pairs
-
-
-@pytest.fixture(scope="module")
-def stage2_run(stage1_run, stage2_data, record_trainable_params, tmp_path_factory):
-    s1 = stage1_run(STAGE2_ARCH)
-    root = tmp_path_factory.mktemp("stage2")
-    with record_trainable_params() as snapshots:
-        trained = run_stage2(
-            str(s1.base),
-            str(s1.adapter),
-            *stage2_data,
-            settings=STAGE2,
-            seed=0,
-            out_dir=root / "adapter",
-            live_dir=root / "dvclive",
-        )
-    return {
-        "stage1": s1,
-        "trained": trained,
-        "adapter": root / "adapter",
-        "live": root / "dvclive",
-        "snaps": snapshots,
-    }
-
-
-def test_stage2_saves_an_adapter_whose_parent_is_stage1(stage2_run):
-    s1, out = stage2_run["stage1"], stage2_run["adapter"]
-    assert stage2_run["trained"] is True
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_stage2_saves_an_adapter_whose_parent_is_stage1(stage2_run, arch):
+    run = stage2_run(arch)
+    s1, out = run.stage1, run.adapter
+    assert run.trained is True
     assert (out / "adapter_model.safetensors").is_file()
     assert not (out / "ref").exists(), "only the trained adapter is saved, not TRL's frozen DPO reference copy"
     assert not list(out.rglob("*.bin"))
@@ -182,8 +144,9 @@ def test_stage2_saves_an_adapter_whose_parent_is_stage1(stage2_run):
     assert adapter_chain(out) == (str(s1.base), [str(s1.adapter), str(out)])
 
 
-def test_stage2_logs_sft_and_dpo_and_dpo_learns(stage2_run):
-    live = stage2_run["live"]
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_stage2_logs_sft_and_dpo_and_dpo_learns(stage2_run, arch):
+    live = stage2_run(arch).live
     for phase in ("sft", "dpo"):
         assert (live / phase / "metrics.json").is_file(), phase
         assert all(math.isfinite(v) for v in tsv_values(live / phase / "plots" / "metrics" / "loss.tsv"))
@@ -193,31 +156,34 @@ def test_stage2_logs_sft_and_dpo_and_dpo_learns(stage2_run):
     assert abs(dpo[-1] - math.log(2)) > 0.01, dpo
 
 
-def test_stage2_trains_every_parameter_of_the_new_lora(stage2_run):
-    sft_start, dpo_start = stage2_run["snaps"]  # one snapshot as SFT starts, one as DPO starts
-    saved = load_file(stage2_run["adapter"] / "adapter_model.safetensors")
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_stage2_trains_every_parameter_of_the_new_lora(stage2_run, arch):
+    run = stage2_run(arch)
+    sft_start, dpo_start = run.snapshots  # one snapshot as SFT starts, one as DPO starts
+    saved = load_file(run.adapter / "adapter_model.safetensors")
     assert_every_param_changed(sft_start, saved)
     assert_every_param_changed(dpo_start, saved)  # DPO itself moved every parameter too
     # A fresh LoRA, not a continuation of Stage 1's: its B starts at zero.
     assert all(not p.any() for n, p in sft_start.items() if "lora_B" in n)
 
 
-def test_stage2_adapter_applies_the_chain_and_generates(stage2_run, sft_rows):
-    s1, out = stage2_run["stage1"], stage2_run["adapter"]
-    after_stage1, _ = load_student(None, s1.adapter, device="cpu")
-    student, processor = load_student(None, out, device="cpu")
-    assert_merged(after_stage1, student, out, STAGE2_LORA)
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_stage2_adapter_applies_the_chain_and_generates(stage2_run, sft_rows, arch):
+    run = stage2_run(arch)
+    after_stage1, _ = load_student(None, run.stage1.adapter, device="cpu")
+    student, processor = load_student(None, run.adapter, device="cpu")
+    assert_merged(after_stage1, student, run.adapter, run.settings.lora)
     answers_one(student, processor, sft_rows)
 
 
-def test_stage2_with_an_empty_conflict_set_passes_stage1_through(stage1_run, stage2_data, tmp_path):
+def test_stage2_with_an_empty_conflict_set_passes_stage1_through(stage1_run, stage2_data, stage2_settings, tmp_path):
     s1 = stage1_run(STAGE2_ARCH)
     sft, pairs = (df.clear() for df in stage2_data)
     out, live = tmp_path / "stage2", tmp_path / "dvclive"
     (out / "stale").mkdir(parents=True)  # left over from an earlier run; must not survive
 
     trained = run_stage2(
-        str(s1.base), str(s1.adapter), sft, pairs, settings=STAGE2, seed=0, out_dir=out, live_dir=live
+        str(s1.base), str(s1.adapter), sft, pairs, settings=stage2_settings, seed=0, out_dir=out, live_dir=live
     )
     assert trained is False
 
@@ -254,6 +220,13 @@ def test_dpo_max_length_shorter_than_an_item_is_refused(tiny_models, stage2_data
             r"DPOSettings: unknown setting\(s\) \['betta'\]",
         ),
         (lambda: from_params(Stage2Settings, {"sft": {"batch_size": 0}}), "batch_size and grad_accum must be >= 1"),
+        (lambda: TrainSettings(max_image_pixels=100), r"max_image_pixels must be null or >= 784"),
+        (
+            lambda: from_params(
+                Stage2Settings, {"sft": {"max_image_pixels": 1000}, "dpo": {"max_image_pixels": 2000}}
+            ),
+            r"stage2.sft.max_image_pixels=1000 and stage2.dpo.max_image_pixels=2000 differ",
+        ),
     ],
 )
 def test_bad_settings_are_refused_with_a_message(make, message):
@@ -265,3 +238,107 @@ def test_from_params_builds_nested_stage2_settings():
     s = from_params(Stage2Settings, {"run_sft": False, "dpo": {"beta": 0.3}, "lora": {"r": 2}})
     assert (s.run_sft, s.dpo.beta, s.lora.r, s.sft.batch_size) == (False, 0.3, 2, TrainSettings().batch_size)
     assert isinstance(s.dpo, DPOSettings) and s.dpo.learning_rate == DPOSettings().learning_rate
+
+
+def test_cpu_defaults_stay_as_they_were():
+    """The demo runs on CPU: no bf16, no TF32 change, no checkpointing, no image cap unless a profile asks."""
+    s = TrainSettings()
+    assert (s.bf16, s.tf32, s.gradient_checkpointing, s.max_image_pixels, s.grad_accum) == (
+        False,
+        None,
+        False,
+        None,
+        1,
+    )
+    s.check_hardware()  # nothing to refuse
+
+
+# --- GPU settings ----------------------------------------------------------------------------------------------------
+# The paper-scale profiles turn on gradient checkpointing, gradient accumulation and an image cap. These run on CPU
+# too, so they are tested here on the paper student's architecture (LLaVA-NeXT).
+
+GPU_ARCH = "llava_next"
+# Keeps the 1x2 and 2x1 any-resolution grids of the tiny model (56x112 pixels) and drops 2x2, 3x1 and 1x3.
+CAP = 56 * 112
+WIDE = (168, 56)  # width, height: a 3:1 image, which would use the 3x1 grid without the cap
+
+
+@pytest.fixture(scope="module")
+def gpu_settings_run(tiny_models, sft_rows, stage2_data, record_trainable_params, tmp_path_factory):
+    """Stage 1 with gradient checkpointing, accumulation over 2 batches and an image cap; then Stage 2 (SFT + DPO)
+    with gradient checkpointing and no cap of its own."""
+    base, root = str(tiny_models[GPU_ARCH]), tmp_path_factory.mktemp("gpu_settings")
+    lora = LoraSettings(r=4, alpha=8)
+    common = dict(batch_size=2, grad_accum=2, logging_steps=1, gradient_checkpointing=True)
+    with record_trainable_params() as snapshots:
+        run_stage1(
+            base,
+            sft_rows,
+            lora=lora,
+            settings=TrainSettings(max_steps=3, learning_rate=1e-2, max_image_pixels=CAP, **common),
+            seed=0,
+            out_dir=root / "stage1",
+            live_dir=root / "live1",
+        )
+        run_stage2(
+            base,
+            str(root / "stage1"),
+            *stage2_data,
+            settings=Stage2Settings(
+                lora=lora,
+                sft=TrainSettings(max_steps=2, learning_rate=1e-2, **common),
+                dpo=DPOSettings(max_steps=2, learning_rate=5e-3, **common),
+            ),
+            seed=0,
+            out_dir=root / "stage2",
+            live_dir=root / "live2",
+        )
+    return root, snapshots
+
+
+def test_gradient_checkpointing_and_accumulation_still_train_every_lora_parameter(gpu_settings_run):
+    root, (stage1_start, sft_start, dpo_start) = gpu_settings_run
+    assert_every_param_changed(stage1_start, load_file(root / "stage1" / "adapter_model.safetensors"))
+    stage2 = load_file(root / "stage2" / "adapter_model.safetensors")
+    assert_every_param_changed(sft_start, stage2)
+    assert_every_param_changed(dpo_start, stage2)
+    # One logged loss per optimiser step (grad_accum batches each), not per batch.
+    assert len(tsv_values(root / "live1" / "plots" / "metrics" / "loss.tsv")) == 3
+
+
+def test_image_cap_is_recorded_inherited_by_stage2_and_applied_when_loading(gpu_settings_run, tiny_models):
+    root, _ = gpu_settings_run
+    for stage in ("stage1", "stage2"):
+        assert json.loads((root / stage / ADAPTER_INFO).read_text())["max_image_pixels"] == CAP, stage
+
+    def image_tokens(model, processor) -> int:
+        prompt = processor.apply_chat_template(user_turn("Q?"), add_generation_prompt=True, tokenize=False)
+        enc = processor(text=[prompt], images=[Image.new("RGB", WIDE)], return_tensors="pt")
+        with torch.no_grad():
+            assert torch.isfinite(model(**enc).logits).all()  # the model agrees with the processor on the grids
+        return int((enc["input_ids"] == model.config.image_token_id).sum())
+
+    base_model, base_processor = load_model(tiny_models[GPU_ARCH], device="cpu")
+    student, processor = load_student(None, root / "stage2", device="cpu")  # the cap comes from the adapter
+    assert student.config.image_grid_pinpoints == [[56, 112], [112, 56]]
+    assert processor.image_processor.image_grid_pinpoints == [[56, 112], [112, 56]]
+    assert image_tokens(student, processor) < image_tokens(base_model, base_processor)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message a CPU-only machine gives")
+def test_bf16_on_a_cpu_machine_is_refused_before_the_model_is_loaded(sft_rows, tmp_path):
+    settings = TrainSettings(max_steps=1, bf16=True)
+    with pytest.raises(ValueError, match=r"bf16: true needs a CUDA GPU.*set bf16: false"):
+        # The base does not exist: the settings must be refused before anything tries to load it.
+        run_stage1(
+            str(tmp_path / "no-such-model"),
+            sft_rows,
+            lora=LoraSettings(),
+            settings=settings,
+            seed=0,
+            out_dir=tmp_path / "out",
+            live_dir=tmp_path / "live",
+        )
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match="tf32: true needs an Ampere or newer CUDA GPU"):
+        TrainSettings(tf32=True).check_hardware()

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+
 # LoRA on the language model only (the vision tower and projector stay frozen), on every attention and MLP
 # projection. The regex is matched against full module names, so it works for Qwen2-VL, LLaVA and LLaVA-NeXT.
 LANGUAGE_MODEL_PROJECTIONS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+MIN_IMAGE_PIXELS = 28 * 28  # the smallest image any supported family can take (one merged Qwen2-VL patch)
 
 
 @dataclass
@@ -28,21 +32,31 @@ class LoraSettings:
 
 @dataclass
 class TrainSettings:
-    """Optimiser and loop settings shared by SFT and DPO (TRL/transformers names where they exist)."""
+    """Optimiser and loop settings shared by SFT and DPO (TRL/transformers names where they exist).
+
+    The defaults are the CPU demo's. The GPU settings (``bf16``, ``tf32``, ``gradient_checkpointing``,
+    ``max_image_pixels``) are off/unset by default and turned on in the paper-scale profiles (conf/*/paper.yaml,
+    docs/paper_scale.md). The effective batch is ``batch_size * grad_accum * number of GPUs``.
+    """
 
     epochs: float = 1.0
     max_steps: int = -1  # > 0 overrides epochs
     learning_rate: float = 2e-4
-    batch_size: int = 8
-    grad_accum: int = 1
+    batch_size: int = 8  # per device (transformers' per_device_train_batch_size)
+    grad_accum: int = 1  # optimiser step every grad_accum batches
     lr_scheduler: str = "cosine"
     warmup_steps: float = 0.0  # steps, or a fraction of all steps when < 1
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     logging_steps: int = 5
-    bf16: bool = False  # TRL defaults to True, which fails on CPU; turn on for GPU runs
+    bf16: bool = False  # TRL defaults to True, which fails on CPU; turn on for GPU runs (needs a bf16 GPU)
+    tf32: bool | None = None  # None: leave torch's setting; True: TF32 matmuls for what is left in fp32 (Ampere+)
     gradient_checkpointing: bool = False  # TRL defaults to True; on for large models, off for tiny ones
     max_length: int | None = None  # None: never truncate (a too-short max_length silently trains nothing in DPO)
+    # Cap on the pixels of one image as the processor sees it, so on its image tokens (mmkd.modeling.cap_image_pixels
+    # says how each model family applies it). None: the processor's own default. Recorded in the adapter, so
+    # evaluation and `mmkd predict` use the same resolution.
+    max_image_pixels: int | None = None
 
     def __post_init__(self):
         if self.batch_size < 1 or self.grad_accum < 1:
@@ -51,6 +65,20 @@ class TrainSettings:
             raise ValueError("set epochs > 0 or max_steps > 0")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.max_image_pixels is not None and self.max_image_pixels < MIN_IMAGE_PIXELS:
+            raise ValueError(
+                f"max_image_pixels must be null or >= {MIN_IMAGE_PIXELS} (28x28 pixels), got {self.max_image_pixels}"
+            )
+
+    def check_hardware(self) -> None:
+        """Refuse settings this machine cannot run, before any model is loaded (TRL fails later and less clearly)."""
+        if self.bf16 and not (torch.cuda.is_available() and torch.cuda.is_bf16_supported()):
+            raise ValueError(
+                "bf16: true needs a CUDA GPU with bfloat16 support, and there is none here. For a CPU run set "
+                "bf16: false in stage1.train / stage2.sft / stage2.dpo (the demo profiles do)."
+            )
+        if self.tf32 and not (torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8):
+            raise ValueError("tf32: true needs an Ampere or newer CUDA GPU; set tf32: null (or false) here.")
 
 
 @dataclass
@@ -75,6 +103,19 @@ class Stage2Settings:
     dpo: DPOSettings = field(default_factory=DPOSettings)
     run_sft: bool = True
     run_dpo: bool = True
+
+    def __post_init__(self):
+        caps = (self.sft.max_image_pixels, self.dpo.max_image_pixels)
+        if None not in caps and caps[0] != caps[1]:
+            raise ValueError(
+                f"stage2.sft.max_image_pixels={caps[0]} and stage2.dpo.max_image_pixels={caps[1]} differ; one adapter "
+                "sees images at one resolution: set them equal (or set one and leave the other null)"
+            )
+
+    @property
+    def max_image_pixels(self) -> int | None:
+        """The Stage-2 image cap (SFT's or DPO's, whichever is set); None: keep the one Stage 1 recorded."""
+        return self.sft.max_image_pixels or self.dpo.max_image_pixels
 
 
 def from_params(cls, params: dict | None):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -18,10 +19,11 @@ import datasets
 import polars as pl
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import TrainerCallback
 from transformers.integrations import DVCLiveCallback
 from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
-from mmkd.modeling import assistant_turn, load_model, load_student, user_turn, write_adapter_info
+from mmkd.modeling import adapter_info, assistant_turn, load_model, load_student, user_turn, write_adapter_info
 from mmkd.training.config import DPOSettings, LoraSettings, Stage2Settings, TrainSettings
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,7 @@ def lora_config(lora: LoraSettings) -> LoraConfig:
 
 
 def _args(config_cls, s: TrainSettings, out_dir: str, seed: int, **extra):
+    s.check_hardware()
     return config_cls(
         output_dir=out_dir,
         num_train_epochs=s.epochs,
@@ -73,6 +76,7 @@ def _args(config_cls, s: TrainSettings, out_dir: str, seed: int, **extra):
         max_grad_norm=s.max_grad_norm,
         logging_steps=s.logging_steps,
         bf16=s.bf16,
+        tf32=s.tf32,
         gradient_checkpointing=s.gradient_checkpointing,
         max_length=s.max_length,
         seed=seed,
@@ -105,9 +109,19 @@ def _live_callback(live_dir: str | Path, params: dict):
 
 
 def train_sft(
-    model, processor, rows: pl.DataFrame, settings: TrainSettings, *, lora: LoraSettings | None, seed: int, live_dir
+    model,
+    processor,
+    rows: pl.DataFrame,
+    settings: TrainSettings,
+    *,
+    lora: LoraSettings | None,
+    seed: int,
+    live_dir,
+    callbacks: Sequence[TrainerCallback] = (),
 ):
-    """Run TRL SFT (loss on the completion only); wraps ``model`` in a new LoRA when ``lora`` is given."""
+    """Run TRL SFT (loss on the completion only); wraps ``model`` in a new LoRA when ``lora`` is given.
+
+    ``callbacks`` are extra transformers callbacks (e.g. the GPU benchmark's step timer)."""
     with tempfile.TemporaryDirectory() as tmp:
         trainer = SFTTrainer(
             model=model,
@@ -115,7 +129,10 @@ def train_sft(
             train_dataset=sft_dataset(rows),
             processing_class=processor,
             peft_config=lora_config(lora) if lora else None,
-            callbacks=[_live_callback(live_dir, {"sft": asdict(settings), "lora": asdict(lora) if lora else None})],
+            callbacks=[
+                _live_callback(live_dir, {"sft": asdict(settings), "lora": asdict(lora) if lora else None}),
+                *callbacks,
+            ],
         )
         trainer.train()
     return trainer.model
@@ -136,7 +153,16 @@ def check_dpo_length(processor, rows: pl.DataFrame, max_length: int | None) -> N
             )
 
 
-def train_dpo(model, processor, rows: pl.DataFrame, settings: DPOSettings, *, seed: int, live_dir):
+def train_dpo(
+    model,
+    processor,
+    rows: pl.DataFrame,
+    settings: DPOSettings,
+    *,
+    seed: int,
+    live_dir,
+    callbacks: Sequence[TrainerCallback] = (),
+):
     """Run TRL DPO on a PEFT model; the reference is a frozen copy of the policy as training starts."""
     check_dpo_length(processor, rows, settings.max_length)
     with tempfile.TemporaryDirectory() as tmp:
@@ -145,18 +171,20 @@ def train_dpo(model, processor, rows: pl.DataFrame, settings: DPOSettings, *, se
             args=_args(DPOConfig, settings, tmp, seed, beta=settings.beta),
             train_dataset=dpo_dataset(rows),
             processing_class=processor,
-            callbacks=[_live_callback(live_dir, {"dpo": asdict(settings)})],
+            callbacks=[_live_callback(live_dir, {"dpo": asdict(settings)}), *callbacks],
         )
         trainer.train()
     return trainer.model
 
 
-def _save_adapter(model: PeftModel, processor, out_dir: str | Path, *, base: str, parent: str | None) -> None:
+def _save_adapter(
+    model: PeftModel, out_dir: str | Path, *, base: str, parent: str | None, max_image_pixels: int | None
+) -> None:
     out = Path(out_dir)
     if out.exists():
         shutil.rmtree(out)
     model.save_pretrained(out, safe_serialization=True, selected_adapters=["default"])
-    write_adapter_info(out, base=base, parent=parent)
+    write_adapter_info(out, base=base, parent=parent, max_image_pixels=max_image_pixels)
 
 
 def run_stage1(
@@ -169,13 +197,15 @@ def run_stage1(
     out_dir: str | Path,
     live_dir: str | Path,
     dtype: str = "float32",
+    callbacks: Sequence[TrainerCallback] = (),
 ) -> None:
     """Stage 1: LoRA SFT of the student base on every teacher answer; saves the adapter to ``out_dir``."""
     if rows.is_empty():
         raise ValueError("Stage 1 has no training rows: no teacher answer parsed. Check data/answers/*/train.parquet")
-    model, processor = load_model(base, dtype=dtype)
-    model = train_sft(model, processor, rows, settings, lora=lora, seed=seed, live_dir=live_dir)
-    _save_adapter(model, processor, out_dir, base=base, parent=None)
+    settings.check_hardware()  # before the (possibly 7B) model is loaded
+    model, processor = load_model(base, dtype=dtype, max_image_pixels=settings.max_image_pixels)
+    model = train_sft(model, processor, rows, settings, lora=lora, seed=seed, live_dir=live_dir, callbacks=callbacks)
+    _save_adapter(model, out_dir, base=base, parent=None, max_image_pixels=settings.max_image_pixels)
 
 
 def run_stage2(
@@ -189,9 +219,10 @@ def run_stage2(
     out_dir: str | Path,
     live_dir: str | Path,
     dtype: str = "float32",
+    callbacks: Sequence[TrainerCallback] = (),
 ) -> bool:
     """Stage 2 on the conflict set. Returns False (and passes Stage 1 through unchanged) when there is nothing to
-    train on."""
+    train on. Images are capped as ``settings.max_image_pixels`` says, else as Stage 1 was."""
     do_sft = settings.run_sft and not sft_rows.is_empty()
     do_dpo = settings.run_dpo and not pairs.is_empty()
     if not (do_sft or do_dpo):
@@ -208,13 +239,26 @@ def run_stage2(
         shutil.copytree(stage1, out)  # same adapter, same base, same (absent) parent
         Path(live_dir).mkdir(parents=True, exist_ok=True)
         return False
-    model, processor = load_student(base, stage1, dtype=dtype)
+    for phase, run in ((settings.sft, do_sft), (settings.dpo, do_dpo)):
+        if run:
+            phase.check_hardware()  # before the model is loaded
+    max_image_pixels = settings.max_image_pixels or adapter_info(stage1).get("max_image_pixels")
+    model, processor = load_student(base, stage1, dtype=dtype, max_image_pixels=max_image_pixels)
     model = get_peft_model(model, lora_config(settings.lora))  # one new LoRA, trained by SFT then DPO
     if do_sft:
         model = train_sft(
-            model, processor, sft_rows, settings.sft, lora=None, seed=seed, live_dir=Path(live_dir, "sft")
+            model,
+            processor,
+            sft_rows,
+            settings.sft,
+            lora=None,
+            seed=seed,
+            live_dir=Path(live_dir, "sft"),
+            callbacks=callbacks,
         )
     if do_dpo:
-        model = train_dpo(model, processor, pairs, settings.dpo, seed=seed, live_dir=Path(live_dir, "dpo"))
-    _save_adapter(model, processor, out_dir, base=base, parent=stage1)
+        model = train_dpo(
+            model, processor, pairs, settings.dpo, seed=seed, live_dir=Path(live_dir, "dpo"), callbacks=callbacks
+        )
+    _save_adapter(model, out_dir, base=base, parent=stage1, max_image_pixels=max_image_pixels)
     return True
