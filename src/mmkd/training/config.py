@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
-
 # LoRA on the language model only (the vision tower and projector stay frozen), on every attention and MLP
-# projection. The regex is matched against full module names, so it works for Qwen2-VL, LLaVA and LLaVA-NeXT.
+# projection. The regex is matched against full module names (``model.language_model.layers.0.self_attn.q_proj``),
+# so it works for Qwen2-VL, LLaVA, LLaVA-NeXT and InternVL; the ``language_model`` part matters, since the CLIP and
+# InternViT towers have q/k/v projections of the same names (tests/test_architectures.py checks both).
 LANGUAGE_MODEL_PROJECTIONS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
 MIN_IMAGE_PIXELS = 28 * 28  # the smallest image any supported family can take (one merged Qwen2-VL patch)
@@ -72,6 +72,8 @@ class TrainSettings:
 
     def check_hardware(self) -> None:
         """Refuse settings this machine cannot run, before any model is loaded (TRL fails later and less clearly)."""
+        import torch  # here, so that reading settings does not import torch
+
         if self.bf16 and not (torch.cuda.is_available() and torch.cuda.is_bf16_supported()):
             raise ValueError(
                 "bf16: true needs a CUDA GPU with bfloat16 support, and there is none here. For a CPU run set "
