@@ -2,15 +2,21 @@
 
 Used for teacher labelling and for scoring the student at evaluation, so both go through one code path.
 Bad items (missing or unreadable image, empty caption) are recorded as ``skipped`` with a message naming the
-item and the fix; the other items are still answered.
+item and the fix; the other items are still answered. With an answer cache (mmkd.answer_cache), every answer is
+stored the moment it arrives and items already answered are not asked again; failed items are not stored, so the
+next run retries exactly those.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from dataclasses import dataclass
 
 import polars as pl
+from tqdm.auto import tqdm
 
+from mmkd.answer_cache import AnswerCache, CachedAnswer, answer_key, file_sha256
 from mmkd.items import BadItem, check_caption, load_image
 from mmkd.parsing import parse_answer
 from mmkd.prompts import get_prompt
@@ -18,6 +24,27 @@ from mmkd.schema import answers_frame
 from mmkd.teachers.base import TeacherBackend, TeacherReply, TeacherRequest
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class LabelTally:
+    """What labelling did, summed over calls: items, answers from the cache, items sent, failures, tokens.
+
+    Token totals cover every answer of the run, cached or new, so the cost of a set of labels is known even when
+    it was paid for over several resumed runs; the backend's own usage counts only what this run sent.
+    """
+
+    items: int = 0
+    cache_hits: int = 0
+    sent: int = 0
+    errors: int = 0
+    skipped: int = 0
+    answer_prompt_tokens: int = 0
+    answer_completion_tokens: int = 0
+
+    def count_tokens(self, prompt_tokens: int | None, completion_tokens: int | None) -> None:
+        self.answer_prompt_tokens += prompt_tokens or 0
+        self.answer_completion_tokens += completion_tokens or 0
 
 
 def build_requests(items: pl.DataFrame, prompt_version: str) -> tuple[list[TeacherRequest], list[dict]]:
@@ -32,29 +59,120 @@ def build_requests(items: pl.DataFrame, prompt_version: str) -> tuple[list[Teach
             skipped.append({"id": row["id"], "status": "skipped", "error": str(exc)})
             continue
         prompt = template.render(caption, row.get("evidence_entities"), row.get("evidence_captions"))
-        requests.append(TeacherRequest(item_id=row["id"], image=image, prompt=prompt))
+        requests.append(TeacherRequest(item_id=row["id"], image=image, prompt=prompt, image_path=row["image_path"]))
     return requests, skipped
 
 
+def shard_items(items: pl.DataFrame, index: int, count: int) -> pl.DataFrame:
+    """The items of shard ``index`` of ``count``: a stable split by a hash of the item id (same on every machine)."""
+    if not 0 <= index < count:
+        raise ValueError(f"shard {index}/{count}: need 0 <= index < count")
+    keep = [int(hashlib.sha256(i.encode()).hexdigest()[:16], 16) % count == index for i in items["id"]]
+    return items.filter(pl.Series(keep, dtype=pl.Boolean))
+
+
 def label_items(
-    backend: TeacherBackend, items: pl.DataFrame, *, source: str, prompt_version: str, chunk_size: int = 512
+    backend: TeacherBackend,
+    items: pl.DataFrame,
+    *,
+    source: str,
+    prompt_version: str,
+    chunk_size: int = 512,
+    cache: AnswerCache | None = None,
+    tally: LabelTally | None = None,
 ) -> pl.DataFrame:
     """Answers of ``backend`` to every item, in item order, in the answers schema.
 
-    Items go to the backend ``chunk_size`` at a time, so only one chunk of images is in memory at once.
+    Items go to the backend ``chunk_size`` at a time, so only one chunk of images is in memory at once. With a
+    ``cache``, answered items are taken from it and each new answer is stored as soon as it arrives. ``tally``,
+    when given, is updated with what happened.
     """
+    tally = tally if tally is not None else LabelTally()
+    identity = backend.identity() if cache is not None else None
     rows: dict[str, dict] = {}
-    for start in range(0, len(items), chunk_size):
-        requests, skipped = build_requests(items.slice(start, chunk_size), prompt_version)
-        for row in skipped:
-            log.warning("%s: skipped %s", source, row["error"])
-            rows[row["id"]] = row
-        for reply in backend.answer(requests) if requests else []:
-            rows[reply.item_id] = _answer_row(reply)
+    bar = tqdm(total=len(items), desc=source, unit="item", dynamic_ncols=True, disable=len(items) == 0)
+    keys: dict[str, str] = {}
+
+    def on_reply(reply: TeacherReply) -> None:
+        rows[reply.item_id] = _answer_row(reply)
+        if reply.error is not None:
+            tally.errors += 1
+        else:
+            tally.count_tokens(reply.prompt_tokens, reply.completion_tokens)
+            if cache is not None:
+                answer = CachedAnswer(reply.text, reply.prompt_tokens, reply.completion_tokens)
+                cache.put(keys[reply.item_id], source, reply.item_id, answer)
+        bar.update(1)
+        bar.set_postfix(cached=tally.cache_hits, errors=tally.errors, refresh=False)
+
+    try:
+        for start in range(0, len(items), chunk_size):
+            requests, skipped = build_requests(items.slice(start, chunk_size), prompt_version)
+            for row in skipped:
+                log.warning("%s: skipped %s", source, row["error"])
+                rows[row["id"]] = row
+            tally.skipped += len(skipped)
+            bar.update(len(skipped))
+            if cache is not None:
+                keys = {
+                    r.item_id: answer_key(source, identity, prompt_version, r.prompt, file_sha256(r.image_path))
+                    for r in requests
+                }
+                found = cache.get_many(keys.values())
+                for r in requests:
+                    if (hit := found.get(keys[r.item_id])) is not None:
+                        rows[r.item_id] = _answer_row(TeacherReply(item_id=r.item_id, text=hit.text))
+                        tally.count_tokens(hit.prompt_tokens, hit.completion_tokens)
+                        tally.cache_hits += 1
+                        bar.update(1)
+                requests = [r for r in requests if keys[r.item_id] not in found]
+            tally.sent += len(requests)
+            if requests:
+                backend.answer(requests, on_reply)
+    finally:
+        bar.close()
+    tally.items += len(items)
     ordered = [rows[i] | {"source": source, "prompt_version": prompt_version} for i in items["id"]]
     answers = answers_frame(ordered)
     log.info("%s: %s", source, dict(answers["status"].value_counts().sort("status").iter_rows()))
     return answers
+
+
+def teacher_metrics(backend: TeacherBackend, tally: LabelTally, wall_time_s: float) -> dict:
+    """Accounting of one labelling run, for ``metrics/teachers/<teacher>.json``.
+
+    ``requests`` counts HTTP requests (retries included) or, for a local model, items generated; ``cost`` is set
+    when the backend has prices per million tokens (``price_per_million_{prompt,completion}_tokens``).
+    """
+    usage = backend.usage
+    config = getattr(backend, "config", None)
+    prices = (
+        getattr(config, "price_per_million_prompt_tokens", None),
+        getattr(config, "price_per_million_completion_tokens", None),
+    )
+
+    def cost(prompt_tokens: int | None, completion_tokens: int | None) -> float | None:
+        if prices == (None, None) or prompt_tokens is None:
+            return None
+        return round(((prompt_tokens * (prices[0] or 0)) + ((completion_tokens or 0) * (prices[1] or 0))) / 1e6, 6)
+
+    return {
+        "items": tally.items,
+        "cache_hits": tally.cache_hits,
+        "sent": tally.sent,
+        "errors": tally.errors,
+        "skipped": tally.skipped,
+        "requests": usage.requests,
+        "retries": usage.retries,
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "wall_time_s": round(wall_time_s, 3),
+        "cost": cost(usage.prompt_tokens, usage.completion_tokens),
+        # every answer of the run, cached ones included: what the labels cost in total
+        "answers_prompt_tokens": tally.answer_prompt_tokens if usage.prompt_tokens is not None else None,
+        "answers_completion_tokens": tally.answer_completion_tokens if usage.prompt_tokens is not None else None,
+        "answers_cost": cost(tally.answer_prompt_tokens, tally.answer_completion_tokens),
+    }
 
 
 def _answer_row(reply: TeacherReply) -> dict:

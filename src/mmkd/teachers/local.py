@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
 
-from mmkd.modeling import generate, load_model, load_student
-from mmkd.teachers.base import TeacherReply, TeacherRequest
+from mmkd.answer_cache import file_sha256
+from mmkd.teachers.base import ReplyCallback, TeacherReply, TeacherRequest, TeacherUsage
+from mmkd.training.config import MIN_IMAGE_PIXELS
 
 
 @dataclass
@@ -23,37 +27,90 @@ class LocalConfig:
     device_map: str | None = None  # e.g. "auto" to shard a 72B model over GPUs
     batch_size: int = 16
     max_new_tokens: int = 64
+    attn_implementation: str | None = None  # sdpa, flash_attention_2, eager; None: transformers' default (sdpa)
+    # Cap on one image's pixels, so on its image tokens (mmkd.modeling.cap_image_pixels). None: the processor's
+    # default, or for an adapter the cap it was trained with.
+    max_image_pixels: int | None = None
 
     def __post_init__(self):
         if self.batch_size < 1 or self.max_new_tokens < 1:
             raise ValueError(
                 f"batch_size and max_new_tokens must be >= 1, got {self.batch_size}, {self.max_new_tokens}"
             )
+        if self.max_image_pixels is not None and self.max_image_pixels < MIN_IMAGE_PIXELS:
+            raise ValueError(f"max_image_pixels must be null or >= {MIN_IMAGE_PIXELS}, got {self.max_image_pixels}")
 
 
 class LocalTeacher:
     """Generates greedily in batches with left padding through the model's own processor and chat template."""
 
     def __init__(self, config: LocalConfig, name: str = "local"):
+        from mmkd.modeling import load_model, load_student  # torch + transformers: only when a local model runs
+
         self.config = config
         self.name = name
+        self.usage = TeacherUsage()
         if config.adapter:
             self.model, self.processor = load_student(
-                config.model, config.adapter, dtype=config.dtype, device=config.device
+                config.model,
+                config.adapter,
+                dtype=config.dtype,
+                device=config.device,
+                max_image_pixels=config.max_image_pixels,
             )
         else:
             self.model, self.processor = load_model(
-                config.model, dtype=config.dtype, device=config.device, device_map=config.device_map
+                config.model,
+                dtype=config.dtype,
+                device=config.device,
+                device_map=config.device_map,
+                attn_implementation=config.attn_implementation,
+                max_image_pixels=config.max_image_pixels,
             )
 
-    def answer(self, requests: list[TeacherRequest]) -> list[TeacherReply]:
-        texts = generate(
-            self.model,
-            self.processor,
-            [r.prompt for r in requests],
-            [r.image for r in requests],
-            max_new_tokens=self.config.max_new_tokens,
-            batch_size=self.config.batch_size,
-            desc=self.name,
-        )
-        return [TeacherReply(item_id=r.item_id, text=t) for r, t in zip(requests, texts, strict=True)]
+    def answer(self, requests: list[TeacherRequest], on_reply: ReplyCallback | None = None) -> list[TeacherReply]:
+        from mmkd.modeling import generate
+
+        replies: list[TeacherReply] = []
+        size = self.config.batch_size
+        for start in range(0, len(requests), size):  # one batch at a time, so each batch is reported when done
+            batch = requests[start : start + size]
+            texts = generate(
+                self.model,
+                self.processor,
+                [r.prompt for r in batch],
+                [r.image for r in batch],
+                max_new_tokens=self.config.max_new_tokens,
+                batch_size=size,
+                desc=self.name,
+            )
+            for r, t in zip(batch, texts, strict=True):
+                replies.append(TeacherReply(item_id=r.item_id, text=t))
+                self.usage.requests += 1
+                if on_reply is not None:
+                    on_reply(replies[-1])
+        return replies
+
+    def identity(self) -> dict:
+        return self._identity
+
+    @cached_property
+    def _identity(self) -> dict:
+        # The weights' content, not their path: new weights under the same path must not reuse old answers.
+        return {
+            "backend": "local",
+            "weights_sha256": _dir_sha256(self.config.model),
+            "adapter_sha256": _dir_sha256(self.config.adapter) if self.config.adapter else None,
+            "dtype": self.config.dtype,
+            "max_new_tokens": self.config.max_new_tokens,
+        }
+
+
+def _dir_sha256(path: str | Path) -> str:
+    """SHA-256 over the names and bytes of every file in a model directory (or of one file)."""
+    root = Path(path)
+    files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+    digest = hashlib.sha256()
+    for p in files:
+        digest.update(f"{p.relative_to(root) if root.is_dir() else p.name}\0{file_sha256(p)}\0".encode())
+    return digest.hexdigest()

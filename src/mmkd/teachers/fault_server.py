@@ -1,0 +1,268 @@
+"""Small real HTTP servers on 127.0.0.1 for testing and benchmarking server teachers; they run no model.
+
+- ``FaultInjectingChatServer``: a **fake** OpenAI-compatible Chat Completions endpoint that returns a canned answer
+  after a fixed latency, and injects faults on request: HTTP 500, 429 with ``Retry-After``, malformed JSON, or a
+  hang past the client's timeout. It records every request it sees and the peak number in flight.
+- ``CountingProxy``: forwards requests to a real server (e.g. ``transformers serve``) and records which prompts
+  were asked, so a test can check that no cached item is requested again.
+
+Both are stdlib ``ThreadingHTTPServer`` s (one thread per connection, HTTP/1.1 keep-alive). Run the fake server
+alone with ``python -m mmkd.teachers.fault_server --port 8000 --latency 0.2`` (the throughput benchmark does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+FAULTS = ("ok", "500", "429", "401", "malformed", "hang")
+CANNED_ANSWER = "Label: pristine. Rationale: canned answer of the fault-injecting test server."
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True  # a hung handler must not block shutdown
+    request_queue_size = 256  # many clients connect at once (the default backlog of 5 drops connections)
+
+
+def prompt_text(body: dict) -> str:
+    """The text parts of a chat-completion request's messages, joined."""
+    parts = []
+    for message in body.get("messages", []):
+        content = message.get("content")
+        if isinstance(content, str):
+            parts.append(content)
+        else:
+            parts += [c.get("text", "") for c in content or [] if c.get("type") == "text"]
+    return "\n".join(parts)
+
+
+@dataclass
+class SeenRequest:
+    """One request as the server saw it."""
+
+    prompt: str
+    body: dict
+    authorization: str | None
+    time: float
+    fault: str
+
+
+@dataclass
+class FaultScript:
+    """Faults to inject, by a tag that appears in the prompt: ``{"item-7": ["500", "429"]}`` fails the first two
+    attempts of the item whose prompt contains ``item-7``, then answers. Every other request is answered."""
+
+    by_tag: dict[str, list[str]] = field(default_factory=dict)
+    attempts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    def __post_init__(self):
+        for tag, faults in self.by_tag.items():
+            bad = [f for f in faults if f not in FAULTS]
+            if bad:
+                raise ValueError(f"fault script for {tag!r}: unknown fault(s) {bad}; use {FAULTS}")
+
+    def next_fault(self, prompt: str) -> str:
+        for tag, faults in self.by_tag.items():
+            if tag in prompt:
+                n = self.attempts[tag]
+                self.attempts[tag] += 1
+                return faults[n] if n < len(faults) else "ok"
+        return "ok"
+
+
+class FaultInjectingChatServer:
+    """A fake Chat Completions server (no model) with a fixed latency and scripted faults; see the module doc."""
+
+    def __init__(
+        self,
+        *,
+        latency: float = 0.0,
+        faults: dict[str, list[str]] | None = None,
+        retry_after: str = "1",
+        hang_s: float = 30.0,
+        answer: str = CANNED_ANSWER,
+        port: int = 0,
+    ):
+        self.latency, self.retry_after, self.hang_s, self.answer = latency, retry_after, hang_s, answer
+        self.script = FaultScript(dict(faults or {}))
+        self.requests: list[SeenRequest] = []
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._httpd = _Server(("127.0.0.1", port), self._handler())
+        self._thread: threading.Thread | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+
+    def set_faults(self, faults: dict[str, list[str]]) -> None:
+        """Replace the fault script (attempt counts start again)."""
+        with self._lock:
+            self.script = FaultScript(dict(faults))
+
+    def prompts(self) -> list[str]:
+        with self._lock:
+            return [r.prompt for r in self.requests]
+
+    def _respond(self, body: dict, authorization: str | None) -> tuple[int, dict[str, str], bytes]:
+        prompt = prompt_text(body)
+        with self._lock:
+            fault = self.script.next_fault(prompt)
+            self.requests.append(SeenRequest(prompt, body, authorization, time.time(), fault))
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            if fault == "hang":
+                self._closing.wait(self.hang_s)
+            elif self.latency:
+                time.sleep(self.latency)
+            if fault == "500":
+                return 500, {}, b'{"error": {"message": "injected internal error"}}'
+            if fault == "429":
+                return 429, {"Retry-After": self.retry_after}, b'{"error": {"message": "injected rate limit"}}'
+            if fault == "401":
+                return 401, {}, b'{"error": {"message": "injected: invalid API key"}}'
+            if fault == "malformed":
+                return 200, {}, b'{"id": "x", "choices": [{"message": {"content": "Label: pris'
+            completion = {
+                "id": f"chatcmpl-{len(self.requests)}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body.get("model", "fake"),
+                "choices": [
+                    {
+                        "index": 0,
+                        "finish_reason": "stop",
+                        "message": {"role": "assistant", "content": self.answer},
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": len(prompt.split()),
+                    "completion_tokens": len(self.answer.split()),
+                    "total_tokens": len(prompt.split()) + len(self.answer.split()),
+                },
+            }
+            return 200, {}, json.dumps(completion).encode()
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # else headers and body wait on a delayed ACK (40 ms a request)
+
+            def do_POST(self):  # noqa: N802 (http.server's naming)
+                length = int(self.headers.get("Content-Length", 0))
+                body = json.loads(self.rfile.read(length) or b"{}")
+                status, headers, payload = server._respond(body, self.headers.get("Authorization"))
+                _send(self, status, headers, payload)
+
+            def log_message(self, *args):  # quiet: tests and benchmarks count requests themselves
+                pass
+
+        return Handler
+
+    def start(self) -> FaultInjectingChatServer:
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._closing.set()
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def __enter__(self) -> FaultInjectingChatServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class CountingProxy:
+    """Forwards every POST to ``upstream`` (a ``.../v1`` URL) and records the prompt of each request it forwards."""
+
+    def __init__(self, upstream: str, *, delay: float = 0.0):
+        self.upstream = urlsplit(upstream)
+        self.delay = delay
+        self.prompts: list[str] = []
+        self._lock = threading.Lock()
+        self._httpd = _Server(("127.0.0.1", 0), self._handler())
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}{self.upstream.path}"
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # else headers and body wait on a delayed ACK (40 ms a request)
+
+            def do_POST(self):  # noqa: N802
+                raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with proxy._lock:
+                    proxy.prompts.append(prompt_text(json.loads(raw or b"{}")))
+                if proxy.delay:
+                    time.sleep(proxy.delay)
+                path = proxy.upstream.path.rstrip("/") + self.path[len(proxy.upstream.path.rstrip("/")) :]
+                conn = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=300)
+                try:
+                    conn.request("POST", path, body=raw, headers={"Content-Type": "application/json"})
+                    response = conn.getresponse()
+                    _send(self, response.status, {}, response.read())
+                finally:
+                    conn.close()
+
+            def log_message(self, *args):
+                pass
+
+        return Handler
+
+    def __enter__(self) -> CountingProxy:
+        threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+def _send(handler: BaseHTTPRequestHandler, status: int, headers: dict[str, str], payload: bytes) -> None:
+    try:
+        handler.send_response(status)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(payload)))
+        for key, value in headers.items():
+            handler.send_header(key, value)
+        handler.end_headers()
+        handler.wfile.write(payload)
+    except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout): nothing to answer
+        pass
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Run the fake Chat Completions server (no model) until killed.")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--latency", type=float, default=0.2, help="seconds before each answer")
+    args = parser.parse_args()
+    server = FaultInjectingChatServer(latency=args.latency, port=args.port)
+    print(server.base_url, flush=True)
+    server._httpd.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""The OpenAI-compatible teacher against a real HTTP server on 127.0.0.1: the fault-injecting fake server of
+``mmkd.teachers.fault_server`` (canned answers, no model). Bounded concurrency, retries on 500 / 429 with
+Retry-After / malformed JSON / a hang past the timeout, per-item errors when retries run out, several servers,
+structured output and the API key taken from the environment variable that the config names."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+from PIL import Image
+
+from mmkd.parsing import parse_answer
+from mmkd.teachers import make_teacher
+from mmkd.teachers.base import TeacherRequest
+from mmkd.teachers.fault_server import FaultInjectingChatServer
+from mmkd.teachers.openai_compat import ANSWER_JSON_SCHEMA, ConfigError
+
+IMAGE = Image.new("RGB", (28, 28), (200, 30, 30))
+
+
+def requests(n: int) -> list[TeacherRequest]:
+    # "item-3." cannot match inside "item-13.": the tags the fault scripts use end with a full stop.
+    return [TeacherRequest(f"id{i}", IMAGE, f"Does the caption match? Caption: item-{i}.") for i in range(n)]
+
+
+def teacher(base_url, **settings):
+    params = {"backend": "openai", "model": "fake", "base_url": base_url, "prompt_version": "v1"}
+    return make_teacher("srv", params | settings)
+
+
+def test_requests_are_concurrent_and_bounded():
+    with FaultInjectingChatServer(latency=0.2) as server:
+        t = teacher(server.base_url, max_concurrency=6)
+        replies = t.answer(requests(24))
+    assert [r.item_id for r in replies] == [f"id{i}" for i in range(24)]
+    assert all(r.error is None and parse_answer(r.text).status == "ok" for r in replies)
+    assert server.peak_in_flight == 6  # as many as allowed in flight, never more
+    assert (t.usage.requests, t.usage.retries) == (24, 0)
+    assert t.usage.prompt_tokens == sum(len(r.prompt.split()) for r in requests(24))
+    assert t.usage.completion_tokens == sum(r.completion_tokens for r in replies) > 0
+
+
+def test_faults_are_retried_and_items_that_keep_failing_become_errors():
+    faults = {
+        "item-1.": ["500"],
+        "item-2.": ["429"],
+        "item-3.": ["malformed"],
+        "item-4.": ["hang"],
+        "item-5.": ["500", "500", "500"],  # fails every attempt (1 + max_retries)
+        "item-6.": ["hang", "hang", "hang"],
+    }
+    with FaultInjectingChatServer(faults=faults, retry_after="1", hang_s=5) as server:
+        t = teacher(server.base_url, max_concurrency=4, timeout=0.5, max_retries=2)
+        replies = {r.item_id: r for r in t.answer(requests(10))}
+        seen = list(server.requests)
+
+    failed = {i for i, r in replies.items() if r.error}
+    assert failed == {"id5", "id6"}
+    assert "HTTP 500" in replies["id5"].error and "after 3 attempt(s)" in replies["id5"].error
+    assert "timed out" in replies["id6"].error and "after 3 attempt(s)" in replies["id6"].error
+    for item_id in set(replies) - failed:  # no lost answers
+        assert parse_answer(replies[item_id].text).status == "ok", replies[item_id]
+
+    attempts = {tag: [r for r in seen if tag in r.prompt] for tag in faults}
+    assert [len(attempts[f"item-{i}."]) for i in range(1, 7)] == [2, 2, 2, 2, 3, 3]
+    assert t.usage.requests == len(seen) == 10 + 1 + 1 + 1 + 1 + 2 + 2
+    assert t.usage.retries == len(seen) - 10
+    # 429 with Retry-After: 1 waits a second (the SDK's own first backoff is under 0.5 s)
+    first, second = attempts["item-2."]
+    assert second.time - first.time >= 0.95
+
+
+def test_items_are_shared_among_several_servers():
+    with FaultInjectingChatServer(latency=0.05) as a, FaultInjectingChatServer(latency=0.05) as b:
+        t = teacher([a.base_url, b.base_url], max_concurrency=2)
+        replies = t.answer(requests(16))
+    assert all(r.error is None for r in replies)
+    assert len(a.requests) + len(b.requests) == 16 and a.requests and b.requests
+    assert a.peak_in_flight <= 2 and b.peak_in_flight <= 2
+    assert sorted(r.prompt for r in a.requests + b.requests) == sorted(r.prompt for r in requests(16))
+
+
+def test_structured_output_json_schema_is_requested_and_rewritten_into_the_answer_format():
+    answer = json.dumps({"label": "falsified", "rationale": "the colour differs"})
+    with FaultInjectingChatServer(answer=answer) as server:
+        replies = teacher(server.base_url, structured_output="json_schema", seed=3).answer(requests(2))
+        body = server.requests[0].body
+    assert body["response_format"]["json_schema"]["schema"] == ANSWER_JSON_SCHEMA
+    assert body["seed"] == 3 and body["temperature"] == 0.0
+    assert replies[0].text == "Label: falsified. Rationale: the colour differs"
+    assert parse_answer(replies[0].text).label == "falsified"
+
+
+def test_structured_output_choice_sends_guided_choice():
+    with FaultInjectingChatServer(answer="pristine") as server:
+        replies = teacher(server.base_url, structured_output="choice", extra_body={"top_k": 1}).answer(requests(1))
+        body = server.requests[0].body
+    assert body["guided_choice"] == ["pristine", "falsified"] and body["top_k"] == 1
+    assert parse_answer(replies[0].text).label == "pristine"
+
+
+def test_image_is_sent_as_a_base64_data_url_of_the_file(tmp_path):
+    path = tmp_path / "img.png"
+    IMAGE.save(path)
+    request = TeacherRequest("x", IMAGE, "prompt", image_path=str(path))
+    with FaultInjectingChatServer() as server:
+        teacher(server.base_url).answer([request])
+        content = server.requests[0].body["messages"][0]["content"]
+    assert content[0]["image_url"]["url"] == "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+    assert content[1] == {"type": "text", "text": "prompt"}
+
+
+def test_api_key_comes_from_the_named_environment_variable(monkeypatch):
+    monkeypatch.setenv("MMKD_TEST_KEY", "sk-dummy-123")
+    with FaultInjectingChatServer() as server:
+        teacher(server.base_url, api_key_env="MMKD_TEST_KEY").answer(requests(1))
+        assert server.requests[0].authorization == "Bearer sk-dummy-123"
+    monkeypatch.delenv("MMKD_TEST_KEY")
+    with pytest.raises(ValueError, match=r"teacher 'srv': the environment variable MMKD_TEST_KEY .* is not set"):
+        teacher("http://127.0.0.1:9/v1", api_key_env="MMKD_TEST_KEY")
+    with pytest.raises(ValueError, match="api_key_env must be the \\*name\\* of an environment variable"):
+        teacher("http://127.0.0.1:9/v1", api_key_env="sk-live-abc.def")
+
+
+def test_a_refused_key_stops_the_run_with_a_message():
+    with FaultInjectingChatServer(faults={"item-0.": ["401"]}) as server:
+        with pytest.raises(ConfigError, match=r"teacher 'srv': .* refused the request \(HTTP 401"):
+            teacher(server.base_url, max_concurrency=1).answer(requests(3))
+
+
+def test_a_server_that_is_down_gives_errors_not_a_crash():
+    with FaultInjectingChatServer() as server:
+        url = server.base_url  # then closed: nothing listens on that port any more
+    replies = teacher(url, max_retries=0, timeout=1).answer(requests(3))
+    assert all(r.text is None and "connection failed" in r.error for r in replies)
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"base_url": []}, "base_url must be a URL or a non-empty list"),
+        ({"max_concurrency": 0}, "need max_concurrency >= 1"),
+        ({"structured_output": "regex"}, "structured_output must be null or one of"),
+        ({"max_errors": -1}, "max_errors must be >= 0"),
+        ({"temprature": 0.5}, "bad settings for backend 'openai'.*temprature"),
+    ],
+)
+def test_bad_settings_name_the_teacher(settings, message):
+    with pytest.raises(ValueError, match=f"teacher 'srv': .*{message}"):
+        teacher(**({"base_url": "http://127.0.0.1:9/v1"} | settings))
