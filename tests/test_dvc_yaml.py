@@ -14,9 +14,12 @@ import yaml
 from dvc.dependency import ParamsDependency
 from dvc.repo import Repo
 
+from mmkd.cli import compose
+
 ROOT = Path(__file__).resolve().parents[1]
 GOLD_READERS = {"split", "evaluate"}  # conflict items' gold (train) and test gold; nothing else downstream
 WORLD_READERS = {"bootstrap"}  # pre-trains on the separate bootstrap split, whose gold it needs: reads the world dir
+DATA_STAGES = {"world", "prepare"}  # write data.dir: the demo world, or real data (one of them per config)
 
 
 @pytest.fixture(scope="module")
@@ -45,14 +48,35 @@ def test_only_split_and_evaluate_depend_on_gold_files(stages):
 
 
 def test_only_bootstrap_depends_on_the_whole_world(stages, params):
-    """A dependency on the world folder (or above it) hides its gold files from the check above."""
+    """A dependency on the data folder (or above it) hides its gold files from the check above."""
     world = PurePosixPath(params["data"]["dir"])
     readers = {
         name.split("@")[0]
         for name, stage in stages.items()
-        if name != "world" and any(world == p or p in world.parents for p in file_deps(stage))
+        if name.split("@")[0] not in DATA_STAGES and any(world == p or p in world.parents for p in file_deps(stage))
     }
     assert readers == WORLD_READERS
+
+
+@pytest.mark.parametrize(
+    ("overrides", "writer"),
+    [
+        ([], "world@demo"),
+        (["data=demo_ci", "bootstrap=demo_ci"], "world@demo"),
+        (["data=newsclippings", "bootstrap=none"], "prepare@newsclippings"),
+    ],
+)
+def test_exactly_one_stage_writes_the_data(tmp_path, overrides, writer):
+    """Whatever the data config, one stage (a `world` or a `prepare` foreach entry) writes data.dir."""
+    params = compose(overrides, ROOT / "conf")
+    (tmp_path / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    with Repo.init(str(tmp_path), no_scm=True) as repo:
+        found = {stage.name: stage for stage in repo.index.stages}
+    data_dir = PurePosixPath(params["data"]["dir"])
+    writers = [name for name, stage in found.items() if any(PurePosixPath(o.def_path) == data_dir for o in stage.outs)]
+    assert writers == [writer]
+    assert {name.split("@")[0] for name in found} & DATA_STAGES == {writer.split("@")[0]}
 
 
 def test_every_stage_lists_its_own_script(stages):

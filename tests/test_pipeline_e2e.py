@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CI_DEFAULTS = {"data": "demo_ci", "bootstrap": "demo_ci"}
 TEACHERS = ("teacher_qwen", "teacher_llava")
 STAGES = (
-    "world",
+    "world@demo",
     *(f"bootstrap@{m}" for m in ("teacher_qwen", "teacher_llava", "student_base")),
     *(f"label@{t}" for t in TEACHERS),
     "split",
@@ -282,14 +282,15 @@ def test_exp_run_with_a_param_override(reproduced: Pipeline):
     assert "dpo-beta-0.2" in experiments, sorted(experiments)
     params = experiments["dpo-beta-0.2"]
     assert params["stage2"]["dpo"]["beta"] == 0.2
-    assert params["data"]["sizes"] == yaml.safe_load((reproduced.repo / "conf/data/demo_ci.yaml").read_text())["sizes"]
+    ci_world = yaml.safe_load((reproduced.repo / "conf/data/demo_ci.yaml").read_text())["world"]
+    assert params["data"]["world"] == ci_world
 
 
 def test_exp_run_with_one_teacher(reproduced: Pipeline):
     result = dvc(reproduced, "exp", "run", "-n", "qwen-only", "-S", "teachers=demo_qwen_only")
     ran = running_stages(result)
     assert {"split", "stage1", "evaluate"} <= ran, describe(result)
-    assert not ran & {"world", "label@teacher_qwen", *(s for s in STAGES if s.startswith("bootstrap@"))}, ran
+    assert not ran & {"world@demo", "label@teacher_qwen", *(s for s in STAGES if s.startswith("bootstrap@"))}, ran
     experiments = shown_experiments(reproduced)
     assert "qwen-only" in experiments, sorted(experiments)
     assert list(experiments["qwen-only"]["teachers"]) == ["teacher_qwen"]

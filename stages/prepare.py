@@ -1,0 +1,30 @@
+"""Stage `prepare@<name>`: turn raw NewsCLIPpings + VisualNews (+ CCN evidence) into items in data.dir.
+
+Writes `<split>.parquet`, `<split>.gold.parquet`, `images/` and `prepare_report.jsonl` (see mmkd.data.newsclippings)
+and the counts to metrics/prepare.json."""
+
+import shutil
+import sys
+from pathlib import Path
+
+from mmkd.data import PrepareInputError
+from mmkd.data.newsclippings import NewsClippingsSettings, prepare_newsclippings
+from mmkd.stage_io import read_params, setup_logging, write_json
+
+
+def main(name: str) -> None:
+    setup_logging()
+    data = read_params()["data"]
+    settings = NewsClippingsSettings(**data["prepare"][name])
+    out = Path(data["dir"])
+    if out.exists():
+        shutil.rmtree(out)  # a DVC output is rebuilt whole
+    try:
+        summary = prepare_newsclippings(settings, out)
+    except PrepareInputError as exc:
+        raise SystemExit(f"prepare@{name}: {exc}") from None
+    write_json("metrics/prepare.json", summary)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
