@@ -6,7 +6,8 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from mmkd.labelling import label_items
+from mmkd.answer_cache import AnswerCache
+from mmkd.labelling import LabelTally, label_items, shard_items
 from mmkd.schema import ANSWER_SCHEMA, LABELS, items_frame, read_items
 from mmkd.teachers import make_teacher
 from mmkd.teachers.local import LocalConfig, LocalTeacher
@@ -84,8 +85,10 @@ def test_only_bad_items_gives_only_skipped_answers(teachers, tmp_path):
 
 
 def test_unknown_backend_names_the_teacher():
-    with pytest.raises(ValueError, match=r"teacher 'big_teacher': unknown backend 'openai'"):
-        make_teacher("big_teacher", {"backend": "openai", "model": "x", "prompt_version": "v1"})
+    with pytest.raises(
+        ValueError, match=r"teacher 'big_teacher': unknown backend 'tgi'; use one of \['local', 'openai'\]"
+    ):
+        make_teacher("big_teacher", {"backend": "tgi", "model": "x", "prompt_version": "v1"})
 
 
 def test_unknown_setting_names_the_teacher():
@@ -96,3 +99,35 @@ def test_unknown_setting_names_the_teacher():
 def test_impossible_local_settings_are_refused():
     with pytest.raises(ValueError, match="batch_size and max_new_tokens must be >= 1"):
         LocalConfig(model="x", batch_size=0)
+
+
+def test_local_teacher_with_a_cache_asks_each_item_once(tiny_models, world_dir, tmp_path):
+    """The local backend can use the answer cache too; its key holds the weights' content, not their path."""
+    items = read_items(world_dir / "test.parquet").head(4)
+    params = {"model": str(tiny_models["llava"]), "prompt_version": PROMPT_VERSION, "max_new_tokens": 8}
+    teacher = make_teacher("llava", params)
+    with AnswerCache(tmp_path / "llava.sqlite") as cache:
+        first = label_items(teacher, items, source="llava", prompt_version=PROMPT_VERSION, cache=cache)
+        assert teacher.usage.requests == 4 and len(cache) == 4
+        tally = LabelTally()
+        again = label_items(teacher, items, source="llava", prompt_version=PROMPT_VERSION, cache=cache, tally=tally)
+        assert again.equals(first)
+        assert teacher.usage.requests == 4 and (tally.cache_hits, tally.sent) == (4, 0)  # nothing generated
+        longer = make_teacher("llava", params | {"max_new_tokens": 9})  # another setting: another answer
+        label_items(longer, items.head(1), source="llava", prompt_version=PROMPT_VERSION, cache=cache)
+        assert longer.usage.requests == 1 and len(cache) == 5
+
+
+def test_shards_are_disjoint_stable_and_cover_every_item(world_dir):
+    items = read_items(world_dir / "train.parquet")
+    shards = [shard_items(items, i, 3) for i in range(3)]
+    ids = [i for s in shards for i in s["id"]]
+    assert sorted(ids) == sorted(items["id"]) and all(len(s) for s in shards)
+    assert shard_items(items.reverse(), 1, 3)["id"].sort().to_list() == shards[1]["id"].sort().to_list()
+    with pytest.raises(ValueError, match="need 0 <= index < count"):
+        shard_items(items, 3, 3)
+
+
+def test_labelling_settings_are_not_passed_to_the_backend():
+    with pytest.raises(ValueError, match="teacher 'x': max_errors must be >= 0"):
+        make_teacher("x", {"model": "m", "prompt_version": "v1", "weights": "m", "cache_dir": "c", "max_errors": -1})

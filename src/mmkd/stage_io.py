@@ -7,8 +7,6 @@ import logging
 import random
 from pathlib import Path
 
-import numpy as np
-import torch
 import yaml
 
 
@@ -25,6 +23,9 @@ def read_params(path: str | Path = "params.yaml") -> dict:
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (trainers seed themselves again from their own args)."""
+    import numpy as np  # here, not at the top: stages that train nothing (label, split) start without torch
+    import torch
+
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

@@ -270,7 +270,7 @@ class OpenAICompatTeacher:
             raise MalformedReply(f"malformed reply: not a chat completion ({type(exc).__name__})") from None
         if not isinstance(text, str):
             raise MalformedReply("malformed reply: no text content in the first choice")
-        return structured_to_answer(text, self.config.structured_output)
+        return structured_to_answer(text.strip(), self.config.structured_output)  # stripped, as the local backend
 
 
 def structured_to_answer(text: str, structured_output: str | None) -> str:
