@@ -103,6 +103,8 @@ class LocalTeacher:
             "adapter_sha256": _dir_sha256(self.config.adapter) if self.config.adapter else None,
             "dtype": self.config.dtype,
             "max_new_tokens": self.config.max_new_tokens,
+            # The image cap changes what the model sees; only when set, so that uncapped keys stay as they were.
+            **({"max_image_pixels": self.config.max_image_pixels} if self.config.max_image_pixels else {}),
         }
 
 
