@@ -16,6 +16,7 @@ from mmkd.labelling import LabelTally, label_items, shard_items, teacher_metrics
 from mmkd.schema import read_items
 from mmkd.stage_io import read_params, setup_logging, write_json
 from mmkd.teachers import label_settings, make_teacher
+from mmkd.teachers.openai_compat import ConfigError
 
 SPLITS = ("train", "test")  # test answers score the teacher itself at evaluation
 log = logging.getLogger("label")
@@ -44,7 +45,11 @@ def main() -> None:
     if name not in params["teachers"]:
         raise SystemExit(f"label: no teacher {name!r} in params.yaml; teachers are {sorted(params['teachers'])}")
     teacher_params = params["teachers"][name]
-    settings = label_settings(name, teacher_params)
+    try:
+        settings = label_settings(name, teacher_params)
+        backend = make_teacher(name, teacher_params) if not args.merge else None
+    except ValueError as exc:  # bad settings, or the API key's environment variable is not set
+        raise SystemExit(f"label@{name}: {exc}") from None
     cache_dir = cache_dir_for(settings.cache_dir)
     if (args.shard or args.merge) and cache_dir is None:
         raise SystemExit(f"label: --shard/--merge keep answers in the cache; set teachers.{name}.cache_dir")
@@ -52,18 +57,24 @@ def main() -> None:
 
     if args.merge:
         for other in args.merge:
-            log.info("%s: merged %d new answers from %s into %s", name, cache.merge_from(other), other, cache.path)
+            try:
+                added = cache.merge_from(other)
+            except FileNotFoundError as exc:
+                raise SystemExit(f"label@{name}: {exc}") from None
+            log.info("%s: merged %d new answers from %s into %s", name, added, other, cache.path)
         return
 
-    backend = make_teacher(name, teacher_params)
     tally, start = LabelTally(), time.perf_counter()
     for split in SPLITS:
         items = read_items(Path(params["data"]["dir"]) / f"{split}.parquet")
         if args.shard:
             items = shard_items(items, *args.shard)
-        answers = label_items(
-            backend, items, source=name, prompt_version=settings.prompt_version, cache=cache, tally=tally
-        )
+        try:
+            answers = label_items(
+                backend, items, source=name, prompt_version=settings.prompt_version, cache=cache, tally=tally
+            )
+        except ConfigError as exc:  # the server refused the key, the model or the URL
+            raise SystemExit(str(exc)) from None
         if not args.shard:
             out = Path("data/answers") / name
             out.mkdir(parents=True, exist_ok=True)
