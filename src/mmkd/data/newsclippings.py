@@ -10,10 +10,12 @@ Inputs, all under one raw-data folder (the ``prepare`` stage's dependency):
 - Optionally CCN web evidence (see ``mmkd.data.evidence``).
 
 Output, in ``out_dir``: ``<split>.parquet`` (items: ``id`` is ``<split>-<index in the annotation list, 6
-digits>``, which says nothing about the label; ``image_path`` is ``images/<VisualNews image_path>``, relative to
-``out_dir``), ``<split>.gold.parquet`` (``falsified`` -> ``gold_label``), ``images/`` (each image used, hard-linked
-from the image root when it can be, else copied, so the folder is self-contained: ``dvc push``/``pull`` moves it
-whole and no absolute path is stored), and ``prepare_report.jsonl``, one line per bad record.
+digits>``, so every item traces back to its annotation; NewsCLIPpings lists each pristine sample followed by its
+falsified twin, so the index's parity follows the label: ids are for people and joins, never shown to a model;
+``image_path`` is ``images/<VisualNews image_path>``, relative to ``out_dir``), ``<split>.gold.parquet``
+(``falsified`` -> ``gold_label``), ``images/`` (each image used, hard-linked from the image root when it can be,
+else copied, so the folder is self-contained: ``dvc push``/``pull`` moves it whole and no absolute path is stored),
+and ``prepare_report.jsonl``, one line per bad record.
 
 Bad records (unknown id, missing, unreadable or oversized image, a path leaving the image root, a malformed
 annotation, an empty caption) are left out of the tables, counted in the returned summary and listed in the report
