@@ -265,30 +265,27 @@ def paper_student(out_dir: Path, corpus: list[str]) -> Path:
 def synthetic_rows(
     root: Path, n: int, image_size: tuple[int, int], prompt_version: str, seed: int = 0
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """``n`` SFT rows and ``n`` DPO pairs on random-noise images: news-length captions, evidence, teacher answers."""
+    """``n`` SFT rows and ``n`` DPO pairs on random-noise images, with a news-length caption, evidence and teacher
+    answers. The texts are the same in every row, so every batch has the same shape and steps are comparable."""
     rng = np.random.default_rng(seed)
     words = "officials unveil new harbour bridge after storm damage city council says repairs will take months".split()
-    template = get_prompt(prompt_version)
+
+    def sentence(k: int) -> str:
+        return " ".join(rng.choice(words, k))
+
+    prompt = get_prompt(prompt_version).render(
+        sentence(24).capitalize() + ".", [str(w) for w in rng.choice(words, 6)], [sentence(16) for _ in range(3)]
+    )
+    chosen = f"Label: falsified. Rationale: {sentence(45)}."
+    rejected = f"Label: pristine. Rationale: {sentence(45)}."
     (root / "images").mkdir(parents=True, exist_ok=True)
-    rows = []
+    paths = []
     for i in range(n):
-        path = root / "images" / f"{i}.png"
-        Image.fromarray(rng.integers(0, 256, (image_size[1], image_size[0], 3), dtype=np.uint8)).save(path)
-        caption = " ".join(rng.choice(words, 24)).capitalize() + "."
-        entities = [str(w) for w in rng.choice(words, 6)]
-        found = [" ".join(rng.choice(words, 16)) for _ in range(3)]
-        reason = " ".join(rng.choice(words, 45))
-        rows.append(
-            {
-                "id": str(i),
-                "image_path": str(path),
-                "prompt": template.render(caption, entities, found),
-                "completion": f"Label: falsified. Rationale: {reason}.",
-                "chosen": f"Label: falsified. Rationale: {reason}.",
-                "rejected": f"Label: pristine. Rationale: {' '.join(rng.choice(words, 45))}.",
-            }
-        )
-    df = pl.DataFrame(rows)
+        paths.append(str(root / "images" / f"{i}.png"))
+        Image.fromarray(rng.integers(0, 256, (image_size[1], image_size[0], 3), dtype=np.uint8)).save(paths[-1])
+    df = pl.DataFrame({"id": [str(i) for i in range(n)], "image_path": paths}).with_columns(
+        prompt=pl.lit(prompt), completion=pl.lit(chosen), chosen=pl.lit(chosen), rejected=pl.lit(rejected)
+    )
     return df.select("id", "image_path", "prompt", "completion"), df.select(
         "id", "image_path", "prompt", "chosen", "rejected"
     )
@@ -387,7 +384,7 @@ def table(phases: list[Phase], info: dict, peak: float | None) -> str:
         memory = f"{p.peak_gib:.1f}" if p.peak_gib is not None else "n/a"
         tokens = int(np.mean(p.lm_tokens))
         lines.append(
-            f"| {p.name} | {p.batch_size} | {tokens} | {seconds:.3f} | {p.batch_size / seconds:.2f} | {tflop:.4g} "
+            f"| {p.name} | {p.batch_size} | {tokens} | {seconds:.3f} | {p.batch_size / seconds:.3g} | {tflop:.4g} "
             f"| {mfu} | {memory} |"
         )
     lines.append("")
