@@ -27,9 +27,10 @@ from mmkd.cli import compose
 from mmkd.labelling import label_items
 from mmkd.modeling import load_model
 from mmkd.schema import ANSWER_SCHEMA, read_items
-from mmkd.teachers import make_teacher
+from mmkd.teachers import LABELLING_KEYS, make_teacher
+from mmkd.teachers.local import LocalConfig
 from mmkd.tiny import ARCHITECTURES
-from mmkd.training.config import LoraSettings, from_params
+from mmkd.training.config import LoraSettings, Stage2Settings, TrainSettings, from_params
 from mmkd.training.trainers import lora_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,6 +53,33 @@ def load_benchmark():
     sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
     spec.loader.exec_module(module)
     return module
+
+
+# --- The profiles themselves --------------------------------------------------------------------------------------
+
+
+def test_paper_profiles_parse_into_gpu_settings_and_the_demo_stays_on_cpu_settings():
+    paper, demo = compose(PAPER_PROFILE, ROOT / "conf"), compose([], ROOT / "conf")
+    stage1 = from_params(TrainSettings, paper["stage1"]["train"])
+    stage2 = from_params(Stage2Settings, paper["stage2"])
+    for s in (stage1, stage2.sft, stage2.dpo):
+        assert (s.bf16, s.tf32, s.gradient_checkpointing) == (True, True, True)
+    assert stage1.batch_size * stage1.grad_accum == 128  # LLaVA-1.5's LoRA recipe: 128 items per step
+    assert stage2.max_image_pixels is None  # Stage 2 inherits Stage 1's cap
+    assert paper["student"] == {
+        "model": "models/hf/llava-v1.6-vicuna-7b-hf",
+        "prompt_version": paper["data"]["prompt_version"],
+        "dtype": "bfloat16",
+    }
+    assert sorted(paper["teachers"]) == ["internvl2_5_78b", "qwen2_vl_72b"]
+    for name, teacher in paper["teachers"].items():
+        config = LocalConfig(**{k: v for k, v in teacher.items() if k not in LABELLING_KEYS})  # every key known
+        assert (config.dtype, config.device_map, teacher["weights"]) == ("bfloat16", "auto", config.model), name
+    # The CPU demo keeps its settings: nothing above leaks into the default config.
+    demo_stage2 = from_params(Stage2Settings, demo["stage2"])
+    for s in (from_params(TrainSettings, demo["stage1"]["train"]), demo_stage2.sft, demo_stage2.dpo):
+        assert (s.bf16, s.tf32, s.gradient_checkpointing, s.max_image_pixels) == (False, None, False, None)
+    assert demo["student"]["dtype"] == "float32"
 
 
 # --- LoRA goes on the language model only ----------------------------------------------------------------------------
