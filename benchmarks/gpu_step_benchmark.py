@@ -3,7 +3,7 @@ LLaVA-v1.6-Vicuna-7B architecture at its real size, through mmkd's own ``run_sta
 settings of the paper profiles (conf/stage1/paper.yaml, conf/stage2/paper.yaml). Prints a table: seconds per step,
 samples per second, model FLOP utilisation (MFU) and peak GPU memory.
 
-    python benchmarks/gpu_step_benchmark.py                  # on a GPU machine (about 40 GB of GPU memory, 30 GB disk)
+    python benchmarks/gpu_step_benchmark.py                  # on a GPU machine (80 GB class; ~15 GB of disk)
     python benchmarks/gpu_step_benchmark.py --batch-size 4   # another per-device batch size
     python benchmarks/gpu_step_benchmark.py --tiny           # the same code path on CPU with a tiny model
 
