@@ -15,7 +15,10 @@ from mmkd.stage_io import read_params, setup_logging, write_json
 def main(name: str) -> None:
     setup_logging()
     data = read_params()["data"]
-    settings = NewsClippingsSettings(**data["prepare"][name])
+    try:
+        settings = NewsClippingsSettings(**data["prepare"][name])
+    except (TypeError, ValueError) as exc:
+        raise SystemExit(f"prepare@{name}: data.prepare.{name} in params.yaml: {exc}") from None
     out = Path(data["dir"])
     if out.exists():
         shutil.rmtree(out)  # a DVC output is rebuilt whole

@@ -107,9 +107,11 @@ class NewsClippingsSettings:
             raise ValueError(f"link_images {self.link_images!r}: use one of {LINK_MODES}")
 
     def path(self, relative: str) -> Path:
+        """A raw input's path: ``relative`` under ``raw``."""
         return Path(self.raw) / relative
 
     def annotation_file(self, split: str) -> Path:
+        """The NewsCLIPpings annotation file of one split."""
         return self.path(self.annotations) / self.subset / f"{split}.json"
 
 
@@ -169,8 +171,9 @@ def _visualnews_records(settings: NewsClippingsSettings, wanted: set[int]) -> di
     path = settings.path(settings.visualnews)
     records: dict[int, tuple[object, object]] = {}
     for record in tqdm(_stream_json(path, "item"), desc="VisualNews data.json", unit=" records", mininterval=5):
-        if isinstance(record, dict) and record.get("id") in wanted and record["id"] not in records:
-            records[record["id"]] = (record.get("caption"), record.get("image_path"))
+        record_id = record.get("id") if isinstance(record, dict) else None
+        if isinstance(record_id, int) and record_id in wanted and record_id not in records:
+            records[record_id] = (record.get("caption"), record.get("image_path"))
     return records
 
 
