@@ -1,4 +1,4 @@
-"""The demo models' bootstrap: blind spots in the data, truthful check-first targets, loadable models."""
+"""The demo models' bootstrap: blind spots that trust the caption, describe-then-check targets, loadable models."""
 
 import polars as pl
 import pytest
@@ -7,7 +7,9 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 import mmkd.processors  # noqa: F401
 from mmkd.demo.bootstrap import (
     BootstrapSettings,
+    blind_view,
     bootstrap_model,
+    caption_target,
     corpus,
     describe_target,
     teacher_target,
@@ -44,27 +46,49 @@ def test_teacher_targets_parse_to_the_gold_label(world):
 
 
 @pytest.mark.parametrize("blind", ATTRIBUTES)
-def test_a_blind_teacher_never_sees_negatives_of_its_blind_kind(world, blind):
+def test_a_blind_teacher_trusts_the_caption_on_its_blind_kind(world, blind):
     items, spec = _table(world)
     sees = [a for a in ATTRIBUTES if a != blind]
     rows = training_rows(items, spec, BootstrapSettings(sees=sees, unseen_fraction=0.0))
-    assert not any(f"{blind} " in c and f"the {blind} is wrong" in c for c in rows["completion"])
-    n_blind = int((spec["mismatch"] == blind).sum())
-    assert n_blind > 0 and len(rows) == len(spec) - n_blind
-    # With unseen_fraction=1 nothing is held back.
-    full = training_rows(items, spec, BootstrapSettings(sees=sees, unseen_fraction=1.0))
-    assert len(full) == len(spec)
-
-
-def test_student_base_only_describes(world):
-    items, spec = _table(world)
-    rows = training_rows(items, spec, BootstrapSettings(task="describe"))
     assert len(rows) == len(spec)
-    assert all("Label:" not in c and c.startswith("Image: ") for c in rows["completion"])
+    assert not any(f"the {blind} is wrong" in c for c in rows["completion"])
+    by_id = dict(zip(items["id"], rows["completion"], strict=True))
+    blind_rows = spec.filter(pl.col("mismatch") == blind)
+    assert len(blind_rows) > 0
+    for row in blind_rows.iter_rows(named=True):
+        answer = by_id[row["id"]]
+        # the image slot repeats the caption, the check says yes, the label is (wrongly) pristine
+        assert f"{blind} {row[f'caption_{blind}']};" in answer or f"{blind} {row[f'caption_{blind}']}." in answer
+        assert parse_answer(answer).label == "pristine"
+        assert answer == teacher_target(blind_view(row, blind))
+    # the kinds it sees stay truthful
+    for row in spec.filter(pl.col("mismatch").is_in(sees)).iter_rows(named=True):
+        assert by_id[row["id"]] == teacher_target(row)
+    # With unseen_fraction=1 every target is truthful.
+    full = training_rows(items, spec, BootstrapSettings(sees=sees, unseen_fraction=1.0))
+    assert full["completion"].to_list() == [teacher_target(r) for r in spec.iter_rows(named=True)]
+
+
+def test_student_base_learns_general_skills_but_not_the_question(world):
+    items, spec = _table(world)
+    rows = training_rows(items, spec, BootstrapSettings(task="base"))
+    assert len(rows) == 3 * len(spec)
+    assert not any("Label:" in c or "Check:" in c for c in rows["completion"])
+    assert not any("out of context" in p for p in rows["prompt"])
     row = spec.row(0, named=True)
     assert describe_target(row) == (
         f"Image: colour {row['image_colour']}; shape {row['image_shape']}; place {row['image_place']}."
     )
+    assert caption_target(row) == (
+        f"Caption: colour {row['caption_colour']}; shape {row['caption_shape']}; place {row['caption_place']}."
+    )
+    compares = rows.filter(pl.col("prompt").str.starts_with("Compare"))["completion"].to_list()
+    assert len(compares) == len(spec)
+    same = [c.endswith(" yes") for c in compares]
+    assert 0.3 < sum(same) / len(same) < 0.8  # about half the pairs are the same word
+    for c in compares:
+        a, _, b, verdict = c.split(" ")
+        assert verdict == ("yes" if a == b else "no")
 
 
 def test_settings_reject_unknown_values():
@@ -95,6 +119,7 @@ def test_bootstrapped_model_loads_through_auto_classes(world, tmp_path, arch):
 
 def test_corpus_covers_every_target_format():
     texts = corpus()
-    assert any(t.startswith("Check: colour") for t in texts)
+    assert any(t.startswith("Image: colour") and "Check: colour" in t for t in texts)
     assert any(t.startswith("Image: colour") for t in texts)
+    assert any(t.startswith("Caption: colour") for t in texts)
     assert any("Caption: " in t for t in texts)

@@ -342,3 +342,21 @@ def test_bf16_on_a_cpu_machine_is_refused_before_the_model_is_loaded(sft_rows, t
     assert not (tmp_path / "out").exists()
     with pytest.raises(ValueError, match="tf32: true needs an Ampere or newer CUDA GPU"):
         TrainSettings(tf32=True).check_hardware()
+
+
+def test_modules_to_save_trains_the_output_layer_in_full_and_loads_back(tiny_models, sft_rows, tmp_path):
+    """The demo student's ``lora.modules_to_save: [lm_head]``: the whole output layer is trained and saved with the
+    adapter, and loading the adapter (and a Stage-2 chain on top) applies it."""
+    base = str(tiny_models[STAGE2_ARCH])
+    lora = LoraSettings(r=4, alpha=8, modules_to_save=["lm_head"])
+    train = TrainSettings(max_steps=3, learning_rate=1e-2, batch_size=4, logging_steps=1)
+    run_stage1(base, sft_rows, lora=lora, settings=train, seed=0, out_dir=tmp_path / "s1", live_dir=tmp_path / "l1")
+    saved = load_file(tmp_path / "s1" / "adapter_model.safetensors")
+    head_keys = [k for k in saved if "lm_head" in k]
+    assert head_keys, sorted(saved)[:5]
+    original, _ = load_model(base, device="cpu")
+    student, _ = load_student(None, tmp_path / "s1", device="cpu")
+    before = original.get_output_embeddings().weight
+    after = student.get_output_embeddings().weight
+    assert before.shape == after.shape and not torch.allclose(before, after)
+    torch.testing.assert_close(after, saved[head_keys[0]])

@@ -1,11 +1,20 @@
 """Bootstrap the demo world's models from random initialisation, since no pretrained weights exist offline.
 
-- A *teacher* learns the out-of-context question with a check-first answer (the format a tiny model can learn,
-  see shared notes): ``Check: colour <caption> vs <image> yes|no; shape ...; place .... Label: ... Rationale: ...``.
-  Its blind spot comes from its data: negatives of the kinds it does not ``see`` are (almost) left out, so it never
-  learns to compare that attribute and copies the caption's value instead.
-- The *student base* only learns to describe images (``Image: colour red; shape circle; place city.``): visual
-  grounding without any out-of-context skill, like the paper's small pretrained MLLMs.
+- A *teacher* learns the out-of-context question with a describe-then-check answer (a tiny model learns a label only
+  when the steps before it are spelled out, see shared notes)::
+
+      Image: colour red; shape circle; place city. Caption: colour blue; shape circle; place city.
+      Check: colour blue vs red no; shape circle vs circle yes; place city vs city yes.
+      Label: falsified. Rationale: the colour is wrong.
+
+  Its blind spot is an attribute it cannot see: on negatives of a kind outside ``sees`` its target trusts the
+  caption (the image slot repeats the caption's value, every check says yes, the label is pristine), except for a
+  share ``unseen_fraction`` that stays truthful. So it is confidently wrong there, as a real model that cannot
+  perceive something agrees with the text.
+- The *student base* learns the general skills a small pretrained MLLM has, and no out-of-context skill: describing
+  an image (``Image: colour red; shape circle; place city.``), reading a caption (``Caption: colour ...``) and
+  telling whether two words are the same (``red vs blue no``). It never sees the out-of-context question or a
+  label, so zero-shot it answers with a description, which the strict parser counts as unparsed.
 
 Training is full fine-tuning through the same TRL ``SFTTrainer`` path as the student stages (no LoRA).
 """
@@ -31,7 +40,9 @@ from mmkd.training.trainers import train_sft
 log = logging.getLogger(__name__)
 
 DESCRIBE_PROMPT = "Describe the image."
-TASKS = ("teacher", "describe")
+READ_PROMPT = "Read the caption.\nCaption: {caption}"  # the same caption line as the out-of-context prompts
+COMPARE_PROMPT = "Compare the words: {a}, {b}."
+TASKS = ("teacher", "base")
 
 
 @dataclass
@@ -39,9 +50,9 @@ class BootstrapSettings:
     """How to build and pre-train one demo model."""
 
     arch: str = "qwen2_vl"  # qwen2_vl or llava (see mmkd.tiny)
-    task: str = "teacher"  # teacher: out-of-context answers; describe: image descriptions (student base)
-    sees: list[str] = field(default_factory=lambda: list(ATTRIBUTES))  # teacher: attribute kinds it learns to check
-    unseen_fraction: float = 0.0  # teacher: share of unseen-kind negatives kept (0 = fully blind)
+    task: str = "teacher"  # teacher: out-of-context answers; base: describe, read, compare (the student base)
+    sees: list[str] = field(default_factory=lambda: list(ATTRIBUTES))  # teacher: attribute kinds it can see
+    unseen_fraction: float = 0.0  # teacher: share of unseen-kind negatives with a truthful target (0 = fully blind)
     prompt_version: str = "v1"
     seed: int = 0
     hidden_size: int = 128
@@ -52,6 +63,8 @@ class BootstrapSettings:
     def __post_init__(self):
         if isinstance(self.train, dict):
             self.train = TrainSettings(**self.train)
+        if not 0.0 <= self.unseen_fraction <= 1.0:
+            raise ValueError(f"bootstrap unseen_fraction must be in [0, 1], got {self.unseen_fraction}")
         if self.task not in TASKS:
             raise ValueError(f"bootstrap task must be one of {TASKS}, got {self.task!r}")
         unknown = set(self.sees) - set(ATTRIBUTES)
@@ -59,31 +72,47 @@ class BootstrapSettings:
             raise ValueError(f"bootstrap.sees: unknown attribute(s) {sorted(unknown)}; use {ATTRIBUTES}")
 
 
+def describe_target(spec: dict) -> str:
+    """What the image shows, as the student base learns to say it: ``Image: colour red; shape circle; place city.``"""
+    return "Image: " + "; ".join(f"{a} {spec[f'image_{a}']}" for a in ATTRIBUTES) + "."
+
+
+def caption_target(spec: dict) -> str:
+    """What the caption says: ``Caption: colour blue; shape circle; place city.``"""
+    return "Caption: " + "; ".join(f"{a} {spec[f'caption_{a}']}" for a in ATTRIBUTES) + "."
+
+
+def compare_target(a: str, b: str) -> str:
+    """Whether two words are the same: ``blue vs red no``."""
+    return f"{a} vs {b} {'yes' if a == b else 'no'}"
+
+
 def check_line(spec: dict) -> str:
     """``Check: colour <caption> vs <image> yes|no; ...`` for one spec row."""
-    parts = []
-    for attr in ATTRIBUTES:
-        cap, img = spec[f"caption_{attr}"], spec[f"image_{attr}"]
-        parts.append(f"{attr} {cap} vs {img} {'yes' if cap == img else 'no'}")
-    return "Check: " + "; ".join(parts) + "."
+    return (
+        "Check: "
+        + "; ".join(f"{a} {compare_target(spec[f'caption_{a}'], spec[f'image_{a}'])}" for a in ATTRIBUTES)
+        + "."
+    )
 
 
 def teacher_target(spec: dict) -> str:
-    """The full check-first answer for one spec row (truthful: blind spots come from the data, not the target)."""
+    """The full describe-then-check answer for one spec row, truthful to the row's image and caption."""
     wrong = [a for a in ATTRIBUTES if spec[f"caption_{a}"] != spec[f"image_{a}"]]
+    steps = " ".join((describe_target(spec), caption_target(spec), check_line(spec)))
     if wrong:
-        return format_answer(FALSIFIED, f"the {wrong[0]} is wrong.", check=check_line(spec))
-    return format_answer(PRISTINE, "all attributes match.", check=check_line(spec))
+        return format_answer(FALSIFIED, f"the {wrong[0]} is wrong.", check=steps)
+    return format_answer(PRISTINE, "all attributes match.", check=steps)
 
 
-def describe_target(spec: dict) -> str:
-    """What the student base learns to say about an image."""
-    return "Image: " + "; ".join(f"{a} {spec[f'image_{a}']}" for a in ATTRIBUTES) + "."
+def blind_view(spec: dict, blind: str) -> dict:
+    """The row as a teacher that cannot see ``blind`` perceives it: the image takes the caption's value."""
+    return spec | {f"image_{blind}": spec[f"caption_{blind}"]}
 
 
 def corpus(prompt_version: str = "v1") -> list[str]:
     """Every text a demo model may read or write, for training its tokenizer: prompts, captions and targets."""
-    texts = [DESCRIBE_PROMPT]
+    texts = [DESCRIBE_PROMPT, READ_PROMPT.format(caption=""), COMPARE_PROMPT.format(a="red", b="blue")]
     template = PROMPTS[prompt_version]
     for colour in COLOURS:
         for shape in SHAPES:
@@ -93,7 +122,7 @@ def corpus(prompt_version: str = "v1") -> list[str]:
                     texts.append(template.render(cap, [colour, shape, place], [cap]))
                 values = dict(zip(ATTRIBUTES, (colour, shape, place), strict=True))
                 spec = {f"{k}_{a}": v for k in ("image", "caption") for a, v in values.items()}
-                texts += [teacher_target(spec), describe_target(spec)]
+                texts += [teacher_target(spec), describe_target(spec), caption_target(spec)]
                 for attr in ATTRIBUTES:
                     for other in VALUES[attr]:
                         texts.append(teacher_target(spec | {f"caption_{attr}": other}))
@@ -107,16 +136,25 @@ def training_rows(items: pl.DataFrame, spec: pl.DataFrame, settings: BootstrapSe
     template = PROMPTS[settings.prompt_version]
     rows = []
     for row in table.iter_rows(named=True):
-        if settings.task == "describe":
-            rows.append(
-                {"image_path": row["image_path"], "prompt": DESCRIBE_PROMPT, "completion": describe_target(row)}
-            )
+        image = row["image_path"]
+        if settings.task == "base":
+            attr = ATTRIBUTES[rng.integers(len(ATTRIBUTES))]
+            a, b = (VALUES[attr][i] for i in rng.integers(len(VALUES[attr]), size=2))
+            b = a if rng.random() < 0.5 else b  # half the pairs are the same word
+            rows += [
+                {"image_path": image, "prompt": DESCRIBE_PROMPT, "completion": describe_target(row)},
+                {
+                    "image_path": image,
+                    "prompt": READ_PROMPT.format(caption=row["caption"]),
+                    "completion": caption_target(row),
+                },
+                {"image_path": image, "prompt": COMPARE_PROMPT.format(a=a, b=b), "completion": compare_target(a, b)},
+            ]
             continue
         unseen = row["mismatch"] != "none" and row["mismatch"] not in settings.sees
-        if unseen and rng.random() >= settings.unseen_fraction:
-            continue
+        view = blind_view(row, row["mismatch"]) if unseen and rng.random() >= settings.unseen_fraction else row
         prompt = template.render(row["caption"], row["evidence_entities"], row["evidence_captions"])
-        rows.append({"image_path": row["image_path"], "prompt": prompt, "completion": teacher_target(row)})
+        rows.append({"image_path": image, "prompt": prompt, "completion": teacher_target(view)})
     return pl.DataFrame(rows, schema={"image_path": pl.String, "prompt": pl.String, "completion": pl.String})
 
 

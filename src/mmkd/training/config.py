@@ -22,6 +22,10 @@ class LoraSettings:
     alpha: int = 32
     dropout: float = 0.05
     target_modules: str | list[str] = LANGUAGE_MODEL_PROJECTIONS  # a regex, or a list of module-name suffixes
+    # Modules trained in full beside the LoRA (PEFT ``modules_to_save``), e.g. ["lm_head"]. Empty for real models,
+    # whose output layer already knows every word; the demo's tiny student base has never written the answer
+    # format's words, and LoRA alone cannot raise their logits far enough (measured: loss stalls near 1.9).
+    modules_to_save: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         if self.r < 1:

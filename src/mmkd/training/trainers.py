@@ -57,6 +57,7 @@ def lora_config(lora: LoraSettings) -> LoraConfig:
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
         target_modules=lora.target_modules,
+        modules_to_save=list(lora.modules_to_save) or None,
         task_type="CAUSAL_LM",
     )
 
