@@ -74,8 +74,15 @@ def repo(tmp_path, server) -> Path:
 
 
 def run(cwd: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    # Stage cmds run `python`: put this interpreter's venv first on PATH (CI does not activate the venv).
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     return subprocess.run(
-        [sys.executable, *args], cwd=cwd, capture_output=True, text=True, env=os.environ | (env or {}), timeout=120
+        [sys.executable, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=os.environ | {"PATH": path} | (env or {}),
+        timeout=120,
     )
 
 
