@@ -27,6 +27,7 @@ def main() -> None:
         out_dir="models/stage1",
         live_dir="dvclive/stage1",
         dtype=student["dtype"],
+        prompt_version=student["prompt_version"],
     )
 
 

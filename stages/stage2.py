@@ -29,6 +29,7 @@ def main() -> None:
         out_dir="models/stage2",
         live_dir="dvclive/stage2",
         dtype=student["dtype"],
+        prompt_version=student["prompt_version"],
     )
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import polars as pl
 import pytest
 
 from mmkd.cli import main
+from mmkd.modeling import ADAPTER_INFO
 from mmkd.predict import read_item_file
 from mmkd.schema import ANSWER_SCHEMA, ITEM_SCHEMA, read_items
 
@@ -97,3 +99,23 @@ def test_blank_caption_is_refused(adapter, items):
 def test_exactly_one_mode_is_required(adapter, args):
     with pytest.raises(SystemExit, match="give either --image and --caption, or --items FILE --out FILE"):
         main(["predict", *args, "--adapter", adapter])
+
+
+@pytest.mark.parametrize(
+    ("recorded", "flag", "expected"), [(None, [], "v1"), ("v2", [], "v2"), ("v2", ["--prompt-version", "v1"], "v1")]
+)
+def test_the_prompt_version_follows_the_adapter_unless_given(adapter, items, tmp_path, recorded, flag, expected):
+    """An adapter records the prompt it was trained with; predict asks the same way unless told otherwise."""
+    copy = tmp_path / "adapter"
+    shutil.copytree(adapter, copy)
+    info_file = copy / ADAPTER_INFO
+    info = json.loads(info_file.read_text())
+    info.pop("prompt_version", None)
+    if recorded:
+        info["prompt_version"] = recorded
+    info_file.write_text(json.dumps(info))
+    items_file = tmp_path / "items.parquet"
+    items.write_parquet(items_file)
+    out = tmp_path / "answers.parquet"
+    assert main(["predict", "--items", str(items_file), "--out", str(out), "--adapter", str(copy), *flag]) == 0
+    assert pl.read_parquet(out)["prompt_version"].to_list() == [expected] * len(items)

@@ -14,13 +14,15 @@ import yaml
 
 def _predict(args: argparse.Namespace) -> int:
     from mmkd.items import BadItem, check_caption
-    from mmkd.predict import load_predictor, predict_items, read_item_file
+    from mmkd.predict import load_predictor, predict_items, read_item_file, trained_prompt_version
     from mmkd.schema import items_frame
 
     single = args.image is not None or args.caption is not None
     if single == (args.items is not None):
         raise SystemExit("mmkd predict: give either --image and --caption, or --items FILE --out FILE")
-    predictor = load_predictor(adapter=args.adapter, base=args.base, batch_size=args.batch_size)
+    predictor = load_predictor(adapter=args.adapter, base=args.base, batch_size=args.batch_size, dtype=args.dtype)
+    if args.prompt_version is None:
+        args.prompt_version = trained_prompt_version(args.adapter)
     if single:
         if args.image is None:
             raise SystemExit("mmkd predict: --caption needs --image")
@@ -97,7 +99,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="where batch predictions go (.parquet or .jsonl)")
     p.add_argument("--adapter", default="models/stage2", help="an mmkd adapter directory (default: models/stage2)")
     p.add_argument("--base", help="base model directory (default: the one the adapter records)")
-    p.add_argument("--prompt-version", default="v1", help="prompt template version the student was trained on")
+    p.add_argument(
+        "--prompt-version",
+        default=None,
+        help="prompt template version (default: the one the adapter was trained with, else v1)",
+    )
+    p.add_argument("--dtype", default="float32", help="float32 (CPU), or bfloat16 on GPU for a 7B student")
     p.add_argument("--batch-size", type=int, default=16)
     p.set_defaults(func=_predict)
 

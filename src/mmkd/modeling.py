@@ -103,11 +103,18 @@ def cap_image_pixels(model, processor, max_pixels: int) -> None:
 
 
 def write_adapter_info(
-    adapter_dir: str | Path, *, base: str, parent: str | None, max_image_pixels: int | None = None
+    adapter_dir: str | Path,
+    *,
+    base: str,
+    parent: str | None,
+    max_image_pixels: int | None = None,
+    prompt_version: str | None = None,
 ) -> None:
-    """Record the base model and the parent adapter that ``adapter_dir`` was trained on top of, and the image cap
-    it was trained with (only when there was one)."""
+    """Record the base model and the parent adapter that ``adapter_dir`` was trained on top of, the prompt version
+    it was trained with (so ``mmkd predict`` asks the same way), and the image cap (only when there was one)."""
     info = {"base": str(base), "parent": str(parent) if parent else None}
+    if prompt_version is not None:
+        info["prompt_version"] = prompt_version
     if max_image_pixels is not None:
         info["max_image_pixels"] = max_image_pixels
     (Path(adapter_dir) / ADAPTER_INFO).write_text(json.dumps(info, indent=2) + "\n")

@@ -10,8 +10,21 @@ from mmkd.labelling import label_items
 from mmkd.schema import SchemaError, conform_items, read_items
 from mmkd.teachers.local import LocalConfig, LocalTeacher
 
+DEFAULT_PROMPT_VERSION = "v1"  # for a bare base model, or an adapter saved before adapters recorded it
 
-def load_predictor(*, adapter: str | None, base: str | None, batch_size: int = 16, max_new_tokens: int = 64):
+
+def trained_prompt_version(adapter: str | None) -> str:
+    """The prompt version ``adapter`` was trained with (recorded in its ``mmkd_adapter.json``)."""
+    if adapter is None:
+        return DEFAULT_PROMPT_VERSION
+    from mmkd.modeling import adapter_info
+
+    return adapter_info(adapter).get("prompt_version", DEFAULT_PROMPT_VERSION)
+
+
+def load_predictor(
+    *, adapter: str | None, base: str | None, batch_size: int = 16, max_new_tokens: int = 64, dtype: str = "float32"
+):
     """A local backend for the student: ``base`` defaults to the base model the adapter records."""
     if adapter is None and base is None:
         raise ValueError("give --adapter (a stage1/stage2 output) or --base (a model directory)")
@@ -19,7 +32,8 @@ def load_predictor(*, adapter: str | None, base: str | None, batch_size: int = 1
 
     base = base or adapter_chain(adapter)[0]
     return LocalTeacher(
-        LocalConfig(model=base, adapter=adapter, batch_size=batch_size, max_new_tokens=max_new_tokens), name="student"
+        LocalConfig(model=base, adapter=adapter, batch_size=batch_size, max_new_tokens=max_new_tokens, dtype=dtype),
+        name="student",
     )
 
 

@@ -350,7 +350,17 @@ def test_modules_to_save_trains_the_output_layer_in_full_and_loads_back(tiny_mod
     base = str(tiny_models[STAGE2_ARCH])
     lora = LoraSettings(r=4, alpha=8, modules_to_save=["lm_head"])
     train = TrainSettings(max_steps=3, learning_rate=1e-2, batch_size=4, logging_steps=1)
-    run_stage1(base, sft_rows, lora=lora, settings=train, seed=0, out_dir=tmp_path / "s1", live_dir=tmp_path / "l1")
+    run_stage1(
+        base,
+        sft_rows,
+        lora=lora,
+        settings=train,
+        seed=0,
+        out_dir=tmp_path / "s1",
+        live_dir=tmp_path / "l1",
+        prompt_version="v1-evidence",
+    )
+    assert json.loads((tmp_path / "s1" / ADAPTER_INFO).read_text())["prompt_version"] == "v1-evidence"
     saved = load_file(tmp_path / "s1" / "adapter_model.safetensors")
     head_keys = [k for k in saved if "lm_head" in k]
     assert head_keys, sorted(saved)[:5]

@@ -179,13 +179,19 @@ def train_dpo(
 
 
 def _save_adapter(
-    model: PeftModel, out_dir: str | Path, *, base: str, parent: str | None, max_image_pixels: int | None
+    model: PeftModel,
+    out_dir: str | Path,
+    *,
+    base: str,
+    parent: str | None,
+    max_image_pixels: int | None,
+    prompt_version: str | None,
 ) -> None:
     out = Path(out_dir)
     if out.exists():
         shutil.rmtree(out)
     model.save_pretrained(out, safe_serialization=True, selected_adapters=["default"])
-    write_adapter_info(out, base=base, parent=parent, max_image_pixels=max_image_pixels)
+    write_adapter_info(out, base=base, parent=parent, max_image_pixels=max_image_pixels, prompt_version=prompt_version)
 
 
 def run_stage1(
@@ -199,6 +205,7 @@ def run_stage1(
     live_dir: str | Path,
     dtype: str = "float32",
     callbacks: Sequence[TrainerCallback] = (),
+    prompt_version: str | None = None,
 ) -> None:
     """Stage 1: LoRA SFT of the student base on every teacher answer; saves the adapter to ``out_dir``."""
     if rows.is_empty():
@@ -206,7 +213,14 @@ def run_stage1(
     settings.check_hardware()  # before the (possibly 7B) model is loaded
     model, processor = load_model(base, dtype=dtype, max_image_pixels=settings.max_image_pixels)
     model = train_sft(model, processor, rows, settings, lora=lora, seed=seed, live_dir=live_dir, callbacks=callbacks)
-    _save_adapter(model, out_dir, base=base, parent=None, max_image_pixels=settings.max_image_pixels)
+    _save_adapter(
+        model,
+        out_dir,
+        base=base,
+        parent=None,
+        max_image_pixels=settings.max_image_pixels,
+        prompt_version=prompt_version,
+    )
 
 
 def run_stage2(
@@ -221,6 +235,7 @@ def run_stage2(
     live_dir: str | Path,
     dtype: str = "float32",
     callbacks: Sequence[TrainerCallback] = (),
+    prompt_version: str | None = None,
 ) -> bool:
     """Stage 2 on the conflict set. Returns False (and passes Stage 1 through unchanged) when there is nothing to
     train on. Images are capped as ``settings.max_image_pixels`` says, else as Stage 1 was."""
@@ -261,5 +276,7 @@ def run_stage2(
         model = train_dpo(
             model, processor, pairs, settings.dpo, seed=seed, live_dir=Path(live_dir, "dpo"), callbacks=callbacks
         )
-    _save_adapter(model, out_dir, base=base, parent=stage1, max_image_pixels=max_image_pixels)
+    _save_adapter(
+        model, out_dir, base=base, parent=stage1, max_image_pixels=max_image_pixels, prompt_version=prompt_version
+    )
     return True
