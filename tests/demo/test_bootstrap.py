@@ -49,7 +49,7 @@ def test_teacher_targets_parse_to_the_gold_label(world):
 def test_a_blind_teacher_trusts_the_caption_on_its_blind_kind(world, blind):
     items, spec = _table(world)
     sees = [a for a in ATTRIBUTES if a != blind]
-    rows = training_rows(items, spec, BootstrapSettings(sees=sees, unseen_fraction=0.0))
+    rows = training_rows(items, spec, BootstrapSettings(sees=sees, unseen_fraction=0.0, blind_spot="trust_caption"))
     assert len(rows) == len(spec)
     assert not any(f"the {blind} is wrong" in c for c in rows["completion"])
     by_id = dict(zip(items["id"], rows["completion"], strict=True))
@@ -65,8 +65,22 @@ def test_a_blind_teacher_trusts_the_caption_on_its_blind_kind(world, blind):
     for row in spec.filter(pl.col("mismatch").is_in(sees)).iter_rows(named=True):
         assert by_id[row["id"]] == teacher_target(row)
     # With unseen_fraction=1 every target is truthful.
-    full = training_rows(items, spec, BootstrapSettings(sees=sees, unseen_fraction=1.0))
+    full = training_rows(items, spec, BootstrapSettings(sees=sees, unseen_fraction=1.0, blind_spot="trust_caption"))
     assert full["completion"].to_list() == [teacher_target(r) for r in spec.iter_rows(named=True)]
+
+
+@pytest.mark.parametrize("blind", ATTRIBUTES)
+def test_a_held_out_blind_spot_leaves_that_kind_out(world, blind):
+    items, spec = _table(world)
+    sees = [a for a in ATTRIBUTES if a != blind]
+    rows = training_rows(items, spec, BootstrapSettings(sees=sees, unseen_fraction=0.0, blind_spot="held_out"))
+    assert not any(f"the {blind} is wrong" in c for c in rows["completion"])
+    n_blind = int((spec["mismatch"] == blind).sum())
+    assert n_blind > 0 and len(rows) == len(spec) - n_blind
+    kept = spec.filter(pl.col("mismatch") != blind)
+    assert rows["completion"].to_list() == [teacher_target(r) for r in kept.iter_rows(named=True)]  # all truthful
+    full = training_rows(items, spec, BootstrapSettings(sees=sees, unseen_fraction=1.0, blind_spot="held_out"))
+    assert len(full) == len(spec)
 
 
 def test_student_base_learns_general_skills_but_not_the_question(world):
@@ -96,6 +110,8 @@ def test_settings_reject_unknown_values():
         BootstrapSettings(sees=["texture"])
     with pytest.raises(ValueError, match="task"):
         BootstrapSettings(task="summarise")
+    with pytest.raises(ValueError, match="blind_spot"):
+        BootstrapSettings(blind_spot="squint")
 
 
 @pytest.mark.parametrize("arch", ["qwen2_vl", "llava"])

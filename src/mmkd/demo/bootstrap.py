@@ -7,10 +7,10 @@
       Check: colour blue vs red no; shape circle vs circle yes; place city vs city yes.
       Label: falsified. Rationale: the colour is wrong.
 
-  Its blind spot is an attribute it cannot see: on negatives of a kind outside ``sees`` its target trusts the
-  caption (the image slot repeats the caption's value, every check says yes, the label is pristine), except for a
-  share ``unseen_fraction`` that stays truthful. So it is confidently wrong there, as a real model that cannot
-  perceive something agrees with the text.
+  Its blind spot is an attribute kind outside ``sees``, made one of two ways (``blind_spot``): ``held_out`` leaves
+  (all but a share ``unseen_fraction`` of) the negatives of that kind out of its training data, so it never learns
+  to doubt that attribute; ``trust_caption`` keeps them with targets that trust the caption (the image slot repeats
+  the caption's value, every check says yes, the label is pristine), so it is confidently wrong there.
 - The *student base* learns the general skills a small pretrained MLLM has, and no out-of-context skill: describing
   an image (``Image: colour red; shape circle; place city.``), reading a caption (``Caption: colour ...``) and
   telling whether two words are the same (``red vs blue no``). It never sees the out-of-context question or a
@@ -43,6 +43,7 @@ DESCRIBE_PROMPT = "Describe the image."
 READ_PROMPT = "Read the caption.\nCaption: {caption}"  # the same caption line as the out-of-context prompts
 COMPARE_PROMPT = "Compare the words: {a}, {b}."
 TASKS = ("teacher", "base")
+BLIND_SPOTS = ("held_out", "trust_caption")
 
 
 @dataclass
@@ -52,7 +53,8 @@ class BootstrapSettings:
     arch: str = "qwen2_vl"  # qwen2_vl or llava (see mmkd.tiny)
     task: str = "teacher"  # teacher: out-of-context answers; base: describe, read, compare (the student base)
     sees: list[str] = field(default_factory=lambda: list(ATTRIBUTES))  # teacher: attribute kinds it can see
-    unseen_fraction: float = 0.0  # teacher: share of unseen-kind negatives with a truthful target (0 = fully blind)
+    unseen_fraction: float = 0.0  # teacher: share of unseen-kind negatives trained truthfully (0 = fully blind)
+    blind_spot: str = "held_out"  # teacher: how the other unseen-kind negatives are treated (see BLIND_SPOTS)
     prompt_version: str = "v1"
     seed: int = 0
     hidden_size: int = 128
@@ -65,6 +67,8 @@ class BootstrapSettings:
             self.train = TrainSettings(**self.train)
         if not 0.0 <= self.unseen_fraction <= 1.0:
             raise ValueError(f"bootstrap unseen_fraction must be in [0, 1], got {self.unseen_fraction}")
+        if self.blind_spot not in BLIND_SPOTS:
+            raise ValueError(f"bootstrap blind_spot must be one of {BLIND_SPOTS}, got {self.blind_spot!r}")
         if self.task not in TASKS:
             raise ValueError(f"bootstrap task must be one of {TASKS}, got {self.task!r}")
         unknown = set(self.sees) - set(ATTRIBUTES)
@@ -152,7 +156,11 @@ def training_rows(items: pl.DataFrame, spec: pl.DataFrame, settings: BootstrapSe
             ]
             continue
         unseen = row["mismatch"] != "none" and row["mismatch"] not in settings.sees
-        view = blind_view(row, row["mismatch"]) if unseen and rng.random() >= settings.unseen_fraction else row
+        view = row
+        if unseen and rng.random() >= settings.unseen_fraction:
+            if settings.blind_spot == "held_out":
+                continue
+            view = blind_view(row, row["mismatch"])
         prompt = template.render(row["caption"], row["evidence_entities"], row["evidence_captions"])
         rows.append({"image_path": image, "prompt": prompt, "completion": teacher_target(view)})
     return pl.DataFrame(rows, schema={"image_path": pl.String, "prompt": pl.String, "completion": pl.String})
