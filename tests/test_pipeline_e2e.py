@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from dvc_env import describe, offline_env
 
 from mmkd.evaluation import METRIC_KEYS
 
@@ -68,31 +68,6 @@ def git(pipeline: Pipeline, *args: str) -> subprocess.CompletedProcess:
 def dvc(pipeline: Pipeline, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     """``dvc <args>`` through this interpreter (stage cmds find the same venv's python first on PATH)."""
     return run(pipeline.repo, pipeline.env, sys.executable, "-m", "dvc", *args, check=check)
-
-
-def describe(result: subprocess.CompletedProcess, limit: int = 6000) -> str:
-    """The command, its exit status and the tails of its stdout and stderr, for an assertion message."""
-    return (
-        f"`{' '.join(map(str, result.args))}` exited {result.returncode}\n"
-        f"--- stdout (tail) ---\n{result.stdout[-limit:]}\n--- stderr (tail) ---\n{result.stderr[-limit:]}"
-    )
-
-
-def offline_env() -> dict[str, str]:
-    """Offline, no analytics, the venv first on PATH (stage cmds run `python`), and a git identity for commits."""
-    env = dict(os.environ)
-    env.update(
-        DVC_NO_ANALYTICS="1",
-        HF_HUB_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        GIT_AUTHOR_NAME="mmkd e2e",
-        GIT_AUTHOR_EMAIL="e2e@mmkd.invalid",
-        GIT_COMMITTER_NAME="mmkd e2e",
-        GIT_COMMITTER_EMAIL="e2e@mmkd.invalid",
-        PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
-    )
-    return env
 
 
 def copy_tree(dest: Path) -> None:

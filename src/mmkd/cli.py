@@ -87,6 +87,14 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plots_offline(args: argparse.Namespace) -> int:
+    from mmkd.plots import install_offline_template
+
+    path = install_offline_template(args.repo)
+    print(f"{path} (set as plots.html_template in .dvc/config.local: `dvc plots show` / `diff` now render offline)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="mmkd", description=__doc__)
@@ -118,6 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", default="report.html")
     r.add_argument("--markdown", action="store_true", help="print the metrics table as Markdown instead")
     r.set_defaults(func=_report)
+
+    o = sub.add_parser(
+        "plots-offline", help="make `dvc plots show` / `dvc plots diff` render without a network (inlined vega)"
+    )
+    o.add_argument("--repo", default=".", help="root of the DVC repository (default: .)")
+    o.set_defaults(func=_plots_offline)
 
     args = parser.parse_args(argv)
     return args.func(args)

@@ -5,7 +5,6 @@ the items and metrics; a change to a raw file makes it stale."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from dvc_env import describe, offline_env
 from newsclippings_fixture import EXPECTED_SUMMARY, MAX_PIXELS, build_raw
 
 from mmkd.cli import compose
@@ -23,10 +23,8 @@ OVERRIDES = ["data=newsclippings", "bootstrap=none", f"data.prepare.newsclipping
 
 
 def run(repo: Path, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, DVC_NO_ANALYTICS="1")
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])  # stage cmds: `python`
-    result = subprocess.run(list(args), cwd=repo, capture_output=True, text=True, env=env)
-    assert result.returncode == 0, f"{args} exited {result.returncode}\n{result.stdout[-4000:]}{result.stderr[-4000:]}"
+    result = subprocess.run(list(args), cwd=repo, capture_output=True, text=True, env=offline_env())
+    assert result.returncode == 0, describe(result)
     return result
 
 

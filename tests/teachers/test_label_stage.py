@@ -6,7 +6,6 @@ request; and the dummy API key appears in no file and no output."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 import yaml
+from dvc_env import offline_env
 
 from mmkd.demo.world import make_world
 from mmkd.schema import read_answers
@@ -74,14 +74,12 @@ def repo(tmp_path, server) -> Path:
 
 
 def run(cwd: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    # Stage cmds run `python`: put this interpreter's venv first on PATH (CI does not activate the venv).
-    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     return subprocess.run(
         [sys.executable, *args],
         cwd=cwd,
         capture_output=True,
         text=True,
-        env=os.environ | {"PATH": path} | (env or {}),
+        env=offline_env() | (env or {}),  # stage cmds run `python`: the venv comes first on PATH
         timeout=120,
     )
 
