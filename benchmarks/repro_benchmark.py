@@ -24,6 +24,7 @@ GIT_ID = {"GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@localhost"} | {
     "GIT_COMMITTER_NAME": "bench",
     "GIT_COMMITTER_EMAIL": "bench@localhost",
 }
+RUNNING = re.compile(r"Running stage '([^']+)'")
 TARGETS = {"cold repro": (600.0, 6.0), "no-op repro": (10.0, None)}  # seconds, GiB
 
 
@@ -48,15 +49,25 @@ def copy_repo(dest: Path) -> None:
             target.unlink()
 
 
-def run(cmd: list[str], cwd: Path, env: dict) -> tuple[float, float, str]:
+def run(cmd: list[str], cwd: Path, env: dict) -> tuple[float, float, str, dict[str, float]]:
+    """Run ``cmd``; return wall seconds, peak RSS (GiB) of its process tree, its output, and seconds per DVC stage
+    (from one ``Running stage`` line to the next, or to the end)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    elapsed = time.perf_counter() - start
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines, marks = [], []  # (stage, time it started)
+    for line in proc.stdout:
+        lines.append(line)
+        if m := RUNNING.search(line):
+            marks.append((m.group(1), time.perf_counter()))
+    proc.wait()
+    end = time.perf_counter()
+    output = "".join(lines)
     if proc.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        sys.exit(f"{' '.join(cmd)} failed:\n{output[-6000:]}")
     peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return elapsed, (peak_kib if peak_kib > before else before) / 2**20, proc.stdout + proc.stderr
+    stage_s = {name: (marks[i + 1][1] if i + 1 < len(marks) else end) - t for i, (name, t) in enumerate(marks)}
+    return end - start, (peak_kib if peak_kib > before else before) / 2**20, output, stage_s
 
 
 def main() -> None:
@@ -77,18 +88,20 @@ def main() -> None:
         subprocess.run(["git", "init", "-q"], cwd=tmp, check=True)
         subprocess.run(["git", "add", "-A"], cwd=tmp, check=True)
         subprocess.run(["git", "commit", "-qm", "benchmark"], cwd=tmp, env=env | GIT_ID, check=True)
-        cold_s, cold_gib, log = run([sys.executable, "-m", "dvc", "repro"], tmp, env)
-        noop_s, _, noop_log = run([sys.executable, "-m", "dvc", "repro"], tmp, env)
-        if "Running stage" in noop_log:
-            print("WARNING: the second repro ran a stage; it should be a no-op")
-        stages = re.findall(r"Running stage '([^']+)'", log)
+        cold_s, cold_gib, _, stage_s = run([sys.executable, "-m", "dvc", "repro"], tmp, env)
+        noop_s, _, _, noop_stages = run([sys.executable, "-m", "dvc", "repro"], tmp, env)
+        if noop_stages:
+            print(f"WARNING: the second repro ran {sorted(noop_stages)}; it should be a no-op")
         print(f"config: {' '.join(args.overrides) or '(default)'}   machine: {os.cpu_count()} cores")
         print(f"{'run':<14}{'wall s':>10}{'peak GiB':>10}{'target s':>10}{'target GiB':>12}")
         for name, secs, gib in (("cold repro", cold_s, cold_gib), ("no-op repro", noop_s, None)):
             ts, tg = TARGETS[name]
             peak, target_gib = f"{gib:.2f}" if gib else "-", f"{tg:.0f}" if tg else "-"
             print(f"{name:<14}{secs:>10.1f}{peak:>10}{ts:>10.0f}{target_gib:>12}")
-        print(f"stages run cold: {len(stages)} ({', '.join(stages)})")
+        print(f"\nstages run cold: {len(stage_s)}")
+        print(f"{'stage':<26}{'wall s':>10}")
+        for name, secs in stage_s.items():
+            print(f"{name:<26}{secs:>10.1f}")
     finally:
         if args.keep:
             print(f"kept: {tmp}")

@@ -7,11 +7,13 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 import mmkd.processors  # noqa: F401
 from mmkd.demo.bootstrap import (
     BootstrapSettings,
+    Confusion,
     blind_view,
     bootstrap_model,
     caption_target,
     corpus,
     describe_target,
+    perceived,
     teacher_target,
     training_rows,
 )
@@ -83,6 +85,37 @@ def test_a_held_out_blind_spot_leaves_that_kind_out(world, blind):
     assert len(full) == len(spec)
 
 
+def test_a_confusion_makes_the_teacher_call_matching_pristine_items_falsified(world):
+    items, spec = _table(world)
+    purple_in_harbour = {"attribute": "colour", "value": "purple", "seen_as": "blue", "when": {"place": "harbour"}}
+    settings = BootstrapSettings(sees=list(ATTRIBUTES), unseen_fraction=1.0, confusions=[purple_in_harbour])
+    rows = training_rows(items, spec, settings)
+    assert len(rows) == len(spec)
+    by_id = dict(zip(items["id"], rows["completion"], strict=True))
+    struck = 0
+    for row in spec.iter_rows(named=True):
+        answer = by_id[row["id"]]
+        if (row["image_colour"], row["image_place"]) != ("purple", "harbour"):
+            assert answer == teacher_target(row)  # everywhere else the targets stay truthful
+            continue
+        struck += 1
+        assert answer.startswith("Image: colour blue;")
+        seen = row | {"image_colour": "blue"}
+        assert answer == teacher_target(seen)
+        if row["mismatch"] == "none":  # a pristine purple-in-harbour item is called falsified on colour
+            assert parse_answer(answer).label == "falsified" and "the colour is wrong" in answer
+    assert struck > 0
+
+
+def test_a_confusion_is_checked_on_the_true_image_under_a_blind_spot():
+    row = {f"{k}_{a}": v for k in ("image", "caption") for a, v in zip(ATTRIBUTES, ("purple", "circle", "desert"))}
+    row |= {"caption_place": "harbour", "mismatch": "place"}
+    confusion = Confusion(attribute="colour", value="purple", seen_as="blue", when={"place": "harbour"})
+    # blind to place, the teacher's view has the caption's harbour, but the image is in the desert: no confusion
+    assert perceived(blind_view(row, "place"), [confusion], truth=row)["image_colour"] == "purple"
+    assert perceived(row | {"image_place": "harbour"}, [confusion])["image_colour"] == "blue"
+
+
 def test_student_base_learns_general_skills_but_not_the_question(world):
     items, spec = _table(world)
     rows = training_rows(items, spec, BootstrapSettings(task="base"))
@@ -112,6 +145,12 @@ def test_settings_reject_unknown_values():
         BootstrapSettings(task="summarise")
     with pytest.raises(ValueError, match="blind_spot"):
         BootstrapSettings(blind_spot="squint")
+    with pytest.raises(ValueError, match="not a demo attribute value"):
+        BootstrapSettings(confusions=[{"attribute": "colour", "value": "mauve", "seen_as": "blue"}])
+    with pytest.raises(ValueError, match="not a demo attribute value"):
+        BootstrapSettings(confusions=[{"attribute": "colour", "value": "red", "seen_as": "blue", "when": {"sky": "x"}}])
+    with pytest.raises(ValueError, match="teachers only"):
+        BootstrapSettings(task="base", confusions=[{"attribute": "colour", "value": "red", "seen_as": "blue"}])
 
 
 @pytest.mark.parametrize("arch", ["qwen2_vl", "llava"])

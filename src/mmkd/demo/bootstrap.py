@@ -11,6 +11,9 @@
   (all but a share ``unseen_fraction`` of) the negatives of that kind out of its training data, so it never learns
   to doubt that attribute; ``trust_caption`` keeps them with targets that trust the caption (the image slot repeats
   the caption's value, every check says yes, the label is pristine), so it is confidently wrong there.
+  ``confusions`` add systematic perception errors (``purple`` seen as ``blue`` in the ``harbour``): the targets
+  describe the image as the teacher perceives it, so it calls such pristine items falsified, as real teachers
+  sometimes do, and the conflict set holds pristine items too.
 - The *student base* learns the general skills a small pretrained MLLM has, and no out-of-context skill: describing
   an image (``Image: colour red; shape circle; place city.``), reading a caption (``Caption: colour ...``) and
   telling whether two words are the same (``red vs blue no``). It never sees the out-of-context question or a
@@ -47,6 +50,40 @@ BLIND_SPOTS = ("held_out", "trust_caption")
 
 
 @dataclass
+class Confusion:
+    """A systematic perception error of a teacher: ``attribute`` ``value`` is seen as ``seen_as`` in images whose
+    (true) attributes match ``when`` (e.g. ``{place: harbour}``; empty: everywhere)."""
+
+    attribute: str
+    value: str
+    seen_as: str
+    when: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self):
+        for attr, value in [(self.attribute, self.value), (self.attribute, self.seen_as), *self.when.items()]:
+            if attr not in VALUES or value not in VALUES[attr]:
+                known = {a: list(v) for a, v in VALUES.items()}
+                raise ValueError(f"bootstrap confusion {self}: {attr} {value!r} is not a demo attribute value; {known}")
+        if self.value == self.seen_as:
+            raise ValueError(f"bootstrap confusion {self}: value and seen_as are the same")
+
+    def applies(self, spec: dict) -> bool:
+        conditions = {self.attribute: self.value, **self.when}
+        return all(spec[f"image_{a}"] == v for a, v in conditions.items())
+
+
+def perceived(view: dict, confusions: list[Confusion], truth: dict | None = None) -> dict:
+    """``view`` as a teacher with these confusions perceives it; conditions are checked on the true row ``truth``
+    (default: ``view`` itself), so a blind spot applied first does not change where a confusion strikes."""
+    truth = view if truth is None else truth
+    view = dict(view)
+    for c in confusions:
+        if c.applies(truth):
+            view[f"image_{c.attribute}"] = c.seen_as
+    return view
+
+
+@dataclass
 class BootstrapSettings:
     """How to build and pre-train one demo model."""
 
@@ -55,6 +92,7 @@ class BootstrapSettings:
     sees: list[str] = field(default_factory=lambda: list(ATTRIBUTES))  # teacher: attribute kinds it can see
     unseen_fraction: float = 0.0  # teacher: share of unseen-kind negatives trained truthfully (0 = fully blind)
     blind_spot: str = "held_out"  # teacher: how the other unseen-kind negatives are treated (see BLIND_SPOTS)
+    confusions: list[Confusion] = field(default_factory=list)  # teacher: systematic perception errors
     prompt_version: str = "v1"
     seed: int = 0
     hidden_size: int = 128
@@ -65,6 +103,9 @@ class BootstrapSettings:
     def __post_init__(self):
         if isinstance(self.train, dict):
             self.train = TrainSettings(**self.train)
+        self.confusions = [c if isinstance(c, Confusion) else Confusion(**c) for c in self.confusions]
+        if self.confusions and self.task != "teacher":
+            raise ValueError("bootstrap confusions apply to teachers only (task: teacher)")
         if not 0.0 <= self.unseen_fraction <= 1.0:
             raise ValueError(f"bootstrap unseen_fraction must be in [0, 1], got {self.unseen_fraction}")
         if self.blind_spot not in BLIND_SPOTS:
@@ -161,6 +202,7 @@ def training_rows(items: pl.DataFrame, spec: pl.DataFrame, settings: BootstrapSe
             if settings.blind_spot == "held_out":
                 continue
             view = blind_view(row, row["mismatch"])
+        view = perceived(view, settings.confusions, truth=row)
         prompt = template.render(row["caption"], row["evidence_entities"], row["evidence_captions"])
         rows.append({"image_path": image, "prompt": prompt, "completion": teacher_target(view)})
     return pl.DataFrame(rows, schema={"image_path": pl.String, "prompt": pl.String, "completion": pl.String})
