@@ -108,7 +108,8 @@ def test_a_confusion_makes_the_teacher_call_matching_pristine_items_falsified(wo
 
 
 def test_a_confusion_is_checked_on_the_true_image_under_a_blind_spot():
-    row = {f"{k}_{a}": v for k in ("image", "caption") for a, v in zip(ATTRIBUTES, ("purple", "circle", "desert"))}
+    values = dict(zip(ATTRIBUTES, ("purple", "circle", "desert"), strict=True))
+    row = {f"{k}_{a}": v for k in ("image", "caption") for a, v in values.items()}
     row |= {"caption_place": "harbour", "mismatch": "place"}
     confusion = Confusion(attribute="colour", value="purple", seen_as="blue", when={"place": "harbour"})
     # blind to place, the teacher's view has the caption's harbour, but the image is in the desert: no confusion
@@ -148,7 +149,9 @@ def test_settings_reject_unknown_values():
     with pytest.raises(ValueError, match="not a demo attribute value"):
         BootstrapSettings(confusions=[{"attribute": "colour", "value": "mauve", "seen_as": "blue"}])
     with pytest.raises(ValueError, match="not a demo attribute value"):
-        BootstrapSettings(confusions=[{"attribute": "colour", "value": "red", "seen_as": "blue", "when": {"sky": "x"}}])
+        BootstrapSettings(
+            confusions=[{"attribute": "colour", "value": "red", "seen_as": "blue", "when": {"sky": "o"}}]
+        )
     with pytest.raises(ValueError, match="teachers only"):
         BootstrapSettings(task="base", confusions=[{"attribute": "colour", "value": "red", "seen_as": "blue"}])
 

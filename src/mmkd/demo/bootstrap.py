@@ -62,8 +62,10 @@ class Confusion:
     def __post_init__(self):
         for attr, value in [(self.attribute, self.value), (self.attribute, self.seen_as), *self.when.items()]:
             if attr not in VALUES or value not in VALUES[attr]:
-                known = {a: list(v) for a, v in VALUES.items()}
-                raise ValueError(f"bootstrap confusion {self}: {attr} {value!r} is not a demo attribute value; {known}")
+                raise ValueError(
+                    f"bootstrap confusion {self}: {attr} {value!r} is not a demo attribute value; use one of "
+                    f"{ {a: list(v) for a, v in VALUES.items()} }"
+                )
         if self.value == self.seen_as:
             raise ValueError(f"bootstrap confusion {self}: value and seen_as are the same")
 
