@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 # InternViT towers have q/k/v projections of the same names (tests/test_architectures.py checks both).
 LANGUAGE_MODEL_PROJECTIONS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
+LOGPROB_HEADS = ("chunked", "full")  # see mmkd.training.logprob_head
+
 MIN_IMAGE_PIXELS = 28 * 28  # the smallest image any supported family can take (one merged Qwen2-VL patch)
 
 
@@ -61,8 +63,14 @@ class TrainSettings:
     # says how each model family applies it). None: the processor's own default. Recorded in the adapter, so
     # evaluation and `mmkd predict` use the same resolution.
     max_image_pixels: int | None = None
+    # How per-token log-probabilities are computed (mmkd.training.logprob_head): "chunked" is TRL's fused LM head,
+    # which never builds the logits (what a large vocabulary on a GPU needs); "full" builds them, about 4x faster on
+    # a CPU for a small vocabulary (the demo profiles use it). Same loss and gradients either way.
+    logprob_head: str = "chunked"
 
     def __post_init__(self):
+        if self.logprob_head not in LOGPROB_HEADS:
+            raise ValueError(f"logprob_head must be one of {LOGPROB_HEADS}, got {self.logprob_head!r}")
         if self.batch_size < 1 or self.grad_accum < 1:
             raise ValueError(f"batch_size and grad_accum must be >= 1, got {self.batch_size}, {self.grad_accum}")
         if self.max_steps <= 0 and self.epochs <= 0:

@@ -25,6 +25,7 @@ from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
 from mmkd.modeling import adapter_info, assistant_turn, load_model, load_student, user_turn, write_adapter_info
 from mmkd.training.config import DPOSettings, LoraSettings, Stage2Settings, TrainSettings
+from mmkd.training.logprob_head import logprob_head
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ def train_sft(
     """Run TRL SFT (loss on the completion only); wraps ``model`` in a new LoRA when ``lora`` is given.
 
     ``callbacks`` are extra transformers callbacks (e.g. the GPU benchmark's step timer)."""
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, logprob_head(settings.logprob_head):
         trainer = SFTTrainer(
             model=model,
             args=_args(SFTConfig, settings, tmp, seed, completion_only_loss=True),
@@ -166,7 +167,7 @@ def train_dpo(
 ):
     """Run TRL DPO on a PEFT model; the reference is a frozen copy of the policy as training starts."""
     check_dpo_length(processor, rows, settings.max_length)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, logprob_head(settings.logprob_head):
         trainer = DPOTrainer(
             model=model,
             args=_args(DPOConfig, settings, tmp, seed, beta=settings.beta),
