@@ -1,9 +1,10 @@
 """How fast does this machine train a demo model right now? A probe to read cold-repro timings against.
 
-Bootstraps ``teacher_qwen`` from the committed ``params.yaml`` for a fixed number of steps on the world in
-``data.dir`` (run ``dvc repro world@demo`` or ``dvc pull`` first) and prints the wall time (building the model
-included, about 2 s) for each torch thread count asked for. Shared hosts change speed from hour to hour; the cold
-``dvc repro`` time (see ``repro_benchmark.py``) moves with this number, since training is most of it.
+Bootstraps ``teacher_qwen`` alone (not beside the group's other models) from the committed ``params.yaml`` for a
+fixed number of steps on the world in ``data.dir`` (run ``dvc repro world@demo`` or ``dvc pull`` first) and prints
+the wall time (building the model included, about 2 s) for each torch thread count asked for.
+Shared hosts change speed from hour to hour; the cold ``dvc repro`` time (see
+``repro_benchmark.py``) moves with this number, since training is most of it.
 
     python benchmarks/step_probe.py                      # 100 steps, 2 threads
     python benchmarks/step_probe.py --steps 200 --threads 1 2
@@ -29,13 +30,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--threads", type=int, nargs="+", default=[torch.get_num_threads()])
-    parser.add_argument("--model", default="teacher_qwen", help="a bootstrap.<model> entry of params.yaml")
+    parser.add_argument("--model", default="teacher_qwen", help="a model of params.yaml's bootstrap.<group>.models")
+    parser.add_argument("--group", default="demo", help="the bootstrap group it is in")
     args = parser.parse_args()
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     world = ROOT / params["data"]["dir"]
     if not (world / "bootstrap.parquet").exists():
         raise SystemExit(f"{world}/bootstrap.parquet is missing: run `dvc repro world@demo` (or `dvc pull`) first")
-    config = params["bootstrap"][args.model]
+    config = params["bootstrap"][args.group]["models"][args.model]
     config["train"] = config["train"] | {"max_steps": args.steps, "logging_steps": args.steps}
     print(f"{'model':<14}{'threads':>8}{'steps':>7}{'wall s':>9}{'s/100 steps':>13}")
     for threads in args.threads:

@@ -1,17 +1,21 @@
-"""Stage `bootstrap@<model>`: build one demo model from config and pre-train it (see mmkd.demo.bootstrap)."""
+"""Stage `bootstrap@<group>`: build the group's demo models from config and pre-train them, `jobs` at a time, into
+models/<group>/<model> (see mmkd.demo.bootstrap)."""
 
 import sys
 
-from mmkd.demo.bootstrap import BootstrapSettings, bootstrap_model
-from mmkd.stage_io import read_params, seed_everything, setup_logging
+from mmkd.demo.bootstrap import BootstrapGroup, bootstrap_group
+from mmkd.stage_io import read_params, setup_logging
 
 
-def main(name: str) -> None:
+def main(group: str) -> None:
     setup_logging()
     params = read_params()
-    settings = BootstrapSettings(**params["bootstrap"][name])
-    seed_everything(settings.seed)
-    bootstrap_model(name, params["data"]["dir"], f"models/{name}", settings, live_dir=f"dvclive/bootstrap/{name}")
+    bootstrap_group(
+        BootstrapGroup(**params["bootstrap"][group]),
+        params["data"]["dir"],
+        out_root=f"models/{group}",
+        live_root=f"dvclive/bootstrap/{group}",
+    )
 
 
 if __name__ == "__main__":

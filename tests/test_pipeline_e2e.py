@@ -31,7 +31,7 @@ CI_DEFAULTS = {"data": "demo_ci", "bootstrap": "demo_ci"}
 TEACHERS = ("teacher_qwen", "teacher_llava")
 STAGES = (
     "world@demo",
-    *(f"bootstrap@{m}" for m in ("teacher_qwen", "teacher_llava", "student_base")),
+    "bootstrap@demo",
     *(f"label@{t}" for t in TEACHERS),
     "split",
     "stage1",

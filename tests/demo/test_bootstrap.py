@@ -2,13 +2,17 @@
 
 import polars as pl
 import pytest
+from safetensors.torch import load_file
+import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 import mmkd.processors  # noqa: F401
 from mmkd.demo.bootstrap import (
+    BootstrapGroup,
     BootstrapSettings,
     Confusion,
     blind_view,
+    bootstrap_group,
     bootstrap_model,
     caption_target,
     corpus,
@@ -181,3 +185,47 @@ def test_corpus_covers_every_target_format():
     assert any(t.startswith("Image: colour") for t in texts)
     assert any(t.startswith("Caption: colour") for t in texts)
     assert any("Caption: " in t for t in texts)
+
+
+TINY_TRAIN = {"max_steps": 2, "batch_size": 8, "logging_steps": 1, "logprob_head": "full"}
+
+
+def _group(jobs: int, **extra_models) -> BootstrapGroup:
+    models = {
+        "teacher": {"arch": "qwen2_vl", "seed": 1, "train": TINY_TRAIN},
+        "base": {"arch": "llava", "task": "base", "seed": 3, "train": TINY_TRAIN},
+        **extra_models,
+    }
+    return BootstrapGroup(models=models, jobs=jobs, threads=1)
+
+
+def test_a_group_trained_side_by_side_gives_the_models_trained_one_after_the_other(world, tmp_path):
+    """Two jobs at once (each in its own process, one thread) write the same weights as one job at a time: what runs
+    beside a model does not change it, so the side-by-side speed-up costs no reproducibility."""
+    apart = bootstrap_group(_group(jobs=1), world, tmp_path / "apart", tmp_path / "live_apart")
+    together = bootstrap_group(_group(jobs=2), world, tmp_path / "together", tmp_path / "live_together")
+    assert set(together) == {"teacher", "base"}
+    for name, out in together.items():
+        assert out == tmp_path / "together" / name
+        assert AutoModelForImageTextToText.from_pretrained(out) is not None
+        assert (tmp_path / "live_together" / name / "metrics.json").is_file()
+        a, b = load_file(apart[name] / "model.safetensors"), load_file(out / "model.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_a_failing_model_is_named_and_the_others_are_still_written(world, tmp_path):
+    group = _group(jobs=2, broken={"arch": "transformer9000", "train": TINY_TRAIN})
+    with pytest.raises(RuntimeError, match=r"bootstrap failed for broken: ValueError: unknown tiny architecture"):
+        bootstrap_group(group, world, tmp_path / "models", tmp_path / "live")
+    assert {p.name for p in (tmp_path / "models").iterdir() if (p / "model.safetensors").is_file()} == {"teacher", "base"}
+
+
+def test_group_settings_are_checked():
+    with pytest.raises(ValueError, match="at least one model"):
+        BootstrapGroup(models={})
+    with pytest.raises(ValueError, match="jobs and threads must be >= 1"):
+        BootstrapGroup(models={"m": {}}, jobs=0)
+    with pytest.raises(ValueError, match="sees"):
+        BootstrapGroup(models={"m": {"sees": ["texture"]}})
+    assert BootstrapGroup(models={"m": {}}, jobs=2, threads=3).threads_per_job == 3
+    assert BootstrapGroup(models={"m": {}}, jobs=10**6).threads_per_job == 1

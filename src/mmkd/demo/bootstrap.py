@@ -20,12 +20,20 @@
   label, so zero-shot it answers with a description, which the strict parser counts as unparsed.
 
 Training is full fine-tuning through the same TRL ``SFTTrainer`` path as the student stages (no LoRA).
+
+The models of a :class:`BootstrapGroup` are trained in one stage, ``jobs`` at a time, each in its own process with
+``threads`` torch threads: the tiny models use two threads poorly (1.5x one thread), so on the 2-core machine two
+one-thread trainings side by side finish about 25 % sooner than one two-thread training after the other.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+import multiprocessing
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -232,3 +240,93 @@ def bootstrap_model(
     model = train_sft(model, processor, rows, settings.train, lora=None, seed=settings.seed, live_dir=live_dir)
     model.save_pretrained(out_dir, safe_serialization=True)
     return Path(out_dir)
+
+
+def cpu_count() -> int:
+    """The CPUs this process may run on (the container's share, not the host's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@dataclass
+class BootstrapGroup:
+    """Demo models pre-trained by one stage, ``jobs`` at a time, each in its own process with ``threads`` torch
+    threads (None: this machine's CPUs // jobs, at least 1). Thread count changes float rounding, so bit-identical
+    models need the same ``jobs`` and ``threads`` (and the same machine type)."""
+
+    models: dict[str, BootstrapSettings]
+    jobs: int = 1
+    threads: int | None = None
+
+    def __post_init__(self):
+        self.models = {
+            k: v if isinstance(v, BootstrapSettings) else BootstrapSettings(**v) for k, v in self.models.items()
+        }
+        if not self.models:
+            raise ValueError("a bootstrap group needs at least one model under `models`")
+        if self.jobs < 1 or (self.threads is not None and self.threads < 1):
+            raise ValueError(f"bootstrap jobs and threads must be >= 1, got jobs={self.jobs}, threads={self.threads}")
+
+    @property
+    def threads_per_job(self) -> int:
+        return self.threads or max(1, cpu_count() // self.jobs)
+
+
+def _bootstrap_one(name: str, world_dir: str, out_dir: str, settings: dict, live_dir: str, threads: int) -> float:
+    """One model in a worker process: the same seeding and training as in-process; returns seconds taken."""
+    import torch
+
+    from mmkd.stage_io import seed_everything, setup_logging
+
+    setup_logging()
+    torch.set_num_threads(threads)
+    settings = BootstrapSettings(**settings)
+    seed_everything(settings.seed)
+    start = time.perf_counter()
+    bootstrap_model(name, world_dir, out_dir, settings, live_dir=live_dir)
+    return time.perf_counter() - start
+
+
+def bootstrap_group(
+    group: BootstrapGroup, world_dir: str | Path, out_root: str | Path, live_root: str | Path
+) -> dict[str, Path]:
+    """Pre-train every model of ``group`` into ``out_root/<name>`` (logs in ``live_root/<name>``), ``group.jobs`` at a
+    time in fresh processes. A model that fails does not stop the others; the error names every failed model."""
+    threads = group.threads_per_job
+    log.info("bootstrapping %s, %d at a time with %d torch thread(s) each", list(group.models), group.jobs, threads)
+    # spawn, not fork: a forked child of a process that has started torch's thread pool can deadlock
+    context = multiprocessing.get_context("spawn")
+    # TRL's progress bars from parallel jobs would overwrite each other; the loss lines still print
+    env_before = os.environ.get("TQDM_DISABLE")
+    if group.jobs > 1:
+        os.environ["TQDM_DISABLE"] = "1"
+    try:
+        with ProcessPoolExecutor(max_workers=group.jobs, mp_context=context) as pool:
+            futures = {
+                name: pool.submit(
+                    _bootstrap_one,
+                    name,
+                    str(world_dir),
+                    str(Path(out_root, name)),
+                    asdict(settings),
+                    str(Path(live_root, name)),
+                    threads,
+                )
+                for name, settings in group.models.items()
+            }
+            failed = {}
+            for name, future in futures.items():
+                try:
+                    log.info("%s: pre-trained in %.0f s", name, future.result())
+                except Exception as e:  # noqa: BLE001 - reported below with the model's name
+                    failed[name] = e
+    finally:
+        if group.jobs > 1:
+            if env_before is None:
+                os.environ.pop("TQDM_DISABLE", None)
+            else:
+                os.environ["TQDM_DISABLE"] = env_before
+    if failed:
+        raise RuntimeError(
+            "bootstrap failed for " + "; ".join(f"{name}: {type(e).__name__}: {e}" for name, e in failed.items())
+        ) from next(iter(failed.values()))
+    return {name: Path(out_root, name) for name in group.models}
