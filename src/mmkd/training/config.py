@@ -64,7 +64,7 @@ class TrainSettings:
     # evaluation and `mmkd predict` use the same resolution.
     max_image_pixels: int | None = None
     # How per-token log-probabilities are computed (mmkd.training.logprob_head): "chunked" is TRL's fused LM head,
-    # which never builds the logits (what a large vocabulary on a GPU needs); "full" builds them, about 4x faster on
+    # which never builds the logits (what a large vocabulary on a GPU needs); "full" builds them, 2-4x faster on
     # a CPU for a small vocabulary (the demo profiles use it). Same loss and gradients either way.
     logprob_head: str = "chunked"
 
