@@ -67,6 +67,10 @@ class TrainSettings:
     # which never builds the logits (what a large vocabulary on a GPU needs); "full" builds them, 2-4x faster on
     # a CPU for a small vocabulary (the demo profiles use it). Same loss and gradients either way.
     logprob_head: str = "chunked"
+    # SFT only: collate each example once (TRL's collator) and pad later batches from the cache
+    # (mmkd.training.collate). Same batches, so the same weights; it keeps every example's pixels in memory, which a
+    # tiny demo model affords (a quarter of its step is collation) and a real model's data does not. DPO: false.
+    cache_collated: bool = False
 
     def __post_init__(self):
         if self.logprob_head not in LOGPROB_HEADS:
@@ -104,6 +108,8 @@ class DPOSettings(TrainSettings):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.cache_collated:
+            raise ValueError("cache_collated is an SFT setting; DPO collates on the fly: set dpo.cache_collated: false")
         if self.beta <= 0:
             raise ValueError(f"dpo.beta must be > 0, got {self.beta}")
 

@@ -24,21 +24,27 @@ from transformers.integrations import DVCLiveCallback
 from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
 from mmkd.modeling import adapter_info, assistant_turn, load_model, load_student, user_turn, write_adapter_info
+from mmkd.training.collate import ROW_KEY, CachedCollator
 from mmkd.training.config import DPOSettings, LoraSettings, Stage2Settings, TrainSettings
 from mmkd.training.logprob_head import logprob_head
 
 log = logging.getLogger(__name__)
 
 
-def _images(paths: list[str]) -> datasets.Dataset:
+def _images(paths: list[str], *, decode: bool = True) -> datasets.Dataset:
     # Images are stored by path and decoded lazily by `datasets`, so memory does not grow with the data.
+    # decode=False leaves them as {"path": ...} for a collator that decodes them itself (CachedCollator).
     ds = datasets.Dataset.from_dict({"images": [[p] for p in paths]})
-    return ds.cast_column("images", datasets.List(datasets.Image(mode="RGB")))
+    return ds.cast_column("images", datasets.List(datasets.Image(mode="RGB", decode=decode)))
 
 
-def sft_dataset(rows: pl.DataFrame) -> datasets.Dataset:
-    """A TRL prompt-completion vision dataset from rows with ``image_path``, ``prompt`` and ``completion``."""
-    ds = _images(rows["image_path"].to_list())
+def sft_dataset(rows: pl.DataFrame, *, cached: bool = False) -> datasets.Dataset:
+    """A TRL prompt-completion vision dataset from rows with ``image_path``, ``prompt`` and ``completion``.
+
+    ``cached``: for ``CachedCollator``, images stay undecoded and each row carries its index (``ROW_KEY``)."""
+    ds = _images(rows["image_path"].to_list(), decode=not cached)
+    if cached:
+        ds = ds.add_column(ROW_KEY, list(range(len(rows))))
     ds = ds.add_column("prompt", [user_turn(p) for p in rows["prompt"]])
     return ds.add_column("completion", [assistant_turn(c) for c in rows["completion"]])
 
@@ -128,7 +134,7 @@ def train_sft(
         trainer = SFTTrainer(
             model=model,
             args=_args(SFTConfig, settings, tmp, seed, completion_only_loss=True),
-            train_dataset=sft_dataset(rows),
+            train_dataset=sft_dataset(rows, cached=settings.cache_collated),
             processing_class=processor,
             peft_config=lora_config(lora) if lora else None,
             callbacks=[
@@ -136,6 +142,8 @@ def train_sft(
                 *callbacks,
             ],
         )
+        if settings.cache_collated:  # TRL's own collator, run once per example (mmkd.training.collate)
+            trainer.data_collator = CachedCollator(trainer.data_collator, processor.tokenizer.pad_token_id)
         trainer.train()
     return trainer.model
 
