@@ -32,8 +32,8 @@ def _trl_collator(model, processor, rows):
 def test_cached_batches_are_trls_batches(arch, tiny_models, sft_rows):
     model, processor = load_model(tiny_models[arch], device="cpu")
     trl_collate = _trl_collator(model, processor, sft_rows)
-    plain, cached_ds = trainers.sft_dataset(sft_rows), trainers.sft_dataset(sft_rows, cached=True)
-    cached = CachedCollator(trl_collate, processor.tokenizer.pad_token_id)
+    plain, index = trainers.sft_dataset(sft_rows), trainers.row_index_dataset(sft_rows)
+    cached = CachedCollator(trl_collate, processor.tokenizer.pad_token_id, examples=trainers.sft_dataset(sft_rows))
     rng = random.Random(0)
     # Three epochs of shuffled batches of uneven size: later batches come from the cache only.
     for _ in range(3):
@@ -42,7 +42,7 @@ def test_cached_batches_are_trls_batches(arch, tiny_models, sft_rows):
         for start, size in ((0, 5), (5, 1), (6, 8), (14, len(order) - 14)):
             idx = order[start : start + size]
             want = trl_collate([plain[i] for i in idx])
-            got = cached([cached_ds[i] for i in idx])
+            got = cached(index.__getitems__(idx))  # as the DataLoader fetches a batch
             assert sorted(got) == sorted(want), arch
             for key in want:
                 assert got[key].dtype == want[key].dtype, (arch, key)
@@ -74,4 +74,4 @@ def test_misuse_is_refused_with_a_message():
     with pytest.raises(ValueError, match="cache_collated is an SFT setting"):
         DPOSettings(cache_collated=True)
     with pytest.raises(KeyError, match="needs a '_row' column"):
-        CachedCollator(lambda batch: batch, pad_token_id=0)([{"prompt": [], "completion": [], "images": []}])
+        CachedCollator(lambda batch: batch, pad_token_id=0, examples=[])([{"prompt": [], "images": []}])

@@ -11,11 +11,9 @@ on both model families), so training gives the same weights; only the time diffe
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
 
 import torch
-from PIL import Image
 
 ROW_KEY = "_row"  # the dataset column that names each example, so its collated tensors can be looked up
 
@@ -26,25 +24,27 @@ TOKEN_PAD = {"attention_mask": 0, "completion_mask": 0, "token_type_ids": 0, "mm
 class CachedCollator:
     """Wrap a batch collator (TRL's ``DataCollatorForVisionLanguageModeling``) so that each example is collated once.
 
-    Examples carry ``ROW_KEY``, a stable id of the row, and undecoded images (``{"path": ...}``); on a cache miss
-    the images are decoded (RGB, as ``datasets.Image(mode="RGB")`` does) and ``inner`` collates the example alone.
-    A batch is the per-example tensors padded on the right (``input_ids`` with ``pad_token_id``, the others as in
-    ``TOKEN_PAD``); tensors that are not per-token (pixels, image grids) are concatenated along the first dim.
+    The training dataset carries only ``ROW_KEY`` (a row's index in ``examples``) and undecoded images (TRL tells a
+    vision dataset by its ``images`` column), so fetching a batch costs next to nothing; on a cache miss ``inner``
+    collates the full example ``examples[row]`` alone. A batch is the per-example tensors padded on the right
+    (``input_ids`` with ``pad_token_id``, the others as in ``TOKEN_PAD``); tensors that are not per-token (pixels,
+    image grids) are concatenated along the first dim.
     """
 
-    def __init__(self, inner: Callable[[list[dict]], dict], pad_token_id: int):
+    def __init__(self, inner: Callable[[list[dict]], dict], pad_token_id: int, examples: Sequence[dict]):
         self.inner = inner
+        self.examples = examples
         self.pad = {"input_ids": pad_token_id, **TOKEN_PAD}
-        self.cache: dict[Any, dict[str, torch.Tensor]] = {}
+        self.cache: dict[int, dict[str, torch.Tensor]] = {}
 
-    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+    def __call__(self, batch: list[dict]) -> dict[str, torch.Tensor]:
         singles = []
-        for example in examples:
+        for example in batch:
             if ROW_KEY not in example:
                 raise KeyError(f"CachedCollator needs a {ROW_KEY!r} column in the dataset; got {sorted(example)}")
             row = example[ROW_KEY]
             if row not in self.cache:
-                self.cache[row] = self.inner([_decoded(example)])
+                self.cache[row] = self.inner([self.examples[row]])
             singles.append(self.cache[row])
         return self._merge(singles)
 
@@ -61,20 +61,3 @@ class CachedCollator:
             else:
                 batch[key] = torch.cat(parts, dim=0)
         return batch
-
-
-def _decoded(example: dict) -> dict:
-    out = {k: v for k, v in example.items() if k != ROW_KEY}
-    out["images"] = [_open_rgb(image) for image in example["images"]]
-    return out
-
-
-def _open_rgb(image) -> Image.Image:
-    if isinstance(image, Image.Image):
-        return image.convert("RGB") if image.mode != "RGB" else image
-    path = image.get("path")
-    if not path:
-        raise ValueError("CachedCollator reads images by path; this one has none (in-memory bytes are not supported)")
-    with Image.open(path) as im:
-        im.load()
-        return im.convert("RGB") if im.mode != "RGB" else im.copy()

@@ -33,20 +33,22 @@ log = logging.getLogger(__name__)
 
 def _images(paths: list[str], *, decode: bool = True) -> datasets.Dataset:
     # Images are stored by path and decoded lazily by `datasets`, so memory does not grow with the data.
-    # decode=False leaves them as {"path": ...} for a collator that decodes them itself (CachedCollator).
+    # decode=False leaves them as {"path": ...}, for a dataset whose images are never looked at (row_index_dataset).
     ds = datasets.Dataset.from_dict({"images": [[p] for p in paths]})
     return ds.cast_column("images", datasets.List(datasets.Image(mode="RGB", decode=decode)))
 
 
-def sft_dataset(rows: pl.DataFrame, *, cached: bool = False) -> datasets.Dataset:
-    """A TRL prompt-completion vision dataset from rows with ``image_path``, ``prompt`` and ``completion``.
-
-    ``cached``: for ``CachedCollator``, images stay undecoded and each row carries its index (``ROW_KEY``)."""
-    ds = _images(rows["image_path"].to_list(), decode=not cached)
-    if cached:
-        ds = ds.add_column(ROW_KEY, list(range(len(rows))))
+def sft_dataset(rows: pl.DataFrame) -> datasets.Dataset:
+    """A TRL prompt-completion vision dataset from rows with ``image_path``, ``prompt`` and ``completion``."""
+    ds = _images(rows["image_path"].to_list())
     ds = ds.add_column("prompt", [user_turn(p) for p in rows["prompt"]])
     return ds.add_column("completion", [assistant_turn(c) for c in rows["completion"]])
+
+
+def row_index_dataset(rows: pl.DataFrame) -> datasets.Dataset:
+    """What ``CachedCollator`` trains on: each row's index (``ROW_KEY``) and its undecoded image, by which TRL tells a
+    vision dataset; the collator reads the full example from ``sft_dataset(rows)`` on a cache miss."""
+    return _images(rows["image_path"].to_list(), decode=False).add_column(ROW_KEY, list(range(len(rows))))
 
 
 def dpo_dataset(rows: pl.DataFrame) -> datasets.Dataset:
@@ -134,7 +136,7 @@ def train_sft(
         trainer = SFTTrainer(
             model=model,
             args=_args(SFTConfig, settings, tmp, seed, completion_only_loss=True),
-            train_dataset=sft_dataset(rows, cached=settings.cache_collated),
+            train_dataset=row_index_dataset(rows) if settings.cache_collated else sft_dataset(rows),
             processing_class=processor,
             peft_config=lora_config(lora) if lora else None,
             callbacks=[
@@ -143,7 +145,9 @@ def train_sft(
             ],
         )
         if settings.cache_collated:  # TRL's own collator, run once per example (mmkd.training.collate)
-            trainer.data_collator = CachedCollator(trainer.data_collator, processor.tokenizer.pad_token_id)
+            trainer.data_collator = CachedCollator(
+                trainer.data_collator, processor.tokenizer.pad_token_id, examples=sft_dataset(rows)
+            )
         trainer.train()
     return trainer.model
 
