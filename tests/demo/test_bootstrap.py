@@ -8,6 +8,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 import mmkd.processors  # noqa: F401
 from mmkd.demo.bootstrap import (
+    DESCRIBE_PROMPT,
     BootstrapGroup,
     BootstrapSettings,
     Confusion,
@@ -87,6 +88,25 @@ def test_a_held_out_blind_spot_leaves_that_kind_out(world, blind):
     assert rows["completion"].to_list() == [teacher_target(r) for r in kept.iter_rows(named=True)]  # all truthful
     full = training_rows(items, spec, BootstrapSettings(sees=sees, unseen_fraction=1.0, blind_spot="held_out"))
     assert len(full) == len(spec)
+
+
+def test_describe_share_adds_truthful_describe_rows_and_leaves_the_rest_alone(world):
+    items, spec = _table(world)
+    plain = BootstrapSettings(sees=["colour", "shape"], unseen_fraction=0.2)
+    base = training_rows(items, spec, plain)
+    rows = training_rows(items, spec, BootstrapSettings(sees=["colour", "shape"], unseen_fraction=0.2, describe_share=0.5))
+    describe = rows.filter(pl.col("prompt") == DESCRIBE_PROMPT)
+    # the out-of-context rows are the same rows, in the same order, as without describe rows
+    assert rows.filter(pl.col("prompt") != DESCRIBE_PROMPT).equals(base)
+    assert 0.3 * len(spec) < len(describe) < 0.7 * len(spec)
+    truth = {p: describe_target(r) for p, r in zip(items["image_path"], spec.iter_rows(named=True), strict=True)}
+    assert all(truth[p] == c for p, c in zip(describe["image_path"], describe["completion"], strict=True))
+    everything = training_rows(items, spec, BootstrapSettings(sees=["colour", "shape"], describe_share=1.0))
+    assert (everything["prompt"] == DESCRIBE_PROMPT).sum() == len(spec)
+    with pytest.raises(ValueError, match="describe_share must be in"):
+        BootstrapSettings(describe_share=1.5)
+    with pytest.raises(ValueError, match="teachers only"):
+        BootstrapSettings(task="base", describe_share=0.5)
 
 
 def test_a_confusion_makes_the_teacher_call_matching_pristine_items_falsified(world):

@@ -103,6 +103,9 @@ class BootstrapSettings:
     unseen_fraction: float = 0.0  # teacher: share of unseen-kind negatives trained truthfully (0 = fully blind)
     blind_spot: str = "held_out"  # teacher: how the other unseen-kind negatives are treated (see BLIND_SPOTS)
     confusions: list[Confusion] = field(default_factory=list)  # teacher: systematic perception errors
+    # teacher: share of bootstrap images that also train the base's describe task (no caption in the prompt), so
+    # that what it says the image shows comes from the image; 0 = out-of-context answers only.
+    describe_share: float = 0.0
     prompt_version: str = "v1"
     seed: int = 0
     hidden_size: int = 128
@@ -116,6 +119,10 @@ class BootstrapSettings:
         self.confusions = [c if isinstance(c, Confusion) else Confusion(**c) for c in self.confusions]
         if self.confusions and self.task != "teacher":
             raise ValueError("bootstrap confusions apply to teachers only (task: teacher)")
+        if not 0.0 <= self.describe_share <= 1.0:
+            raise ValueError(f"bootstrap describe_share must be in [0, 1], got {self.describe_share}")
+        if self.describe_share and self.task != "teacher":
+            raise ValueError("bootstrap describe_share applies to teachers only (the base always describes)")
         if not 0.0 <= self.unseen_fraction <= 1.0:
             raise ValueError(f"bootstrap unseen_fraction must be in [0, 1], got {self.unseen_fraction}")
         if self.blind_spot not in BLIND_SPOTS:
@@ -188,6 +195,7 @@ def training_rows(items: pl.DataFrame, spec: pl.DataFrame, settings: BootstrapSe
     """SFT rows (image_path, prompt, completion) for one demo model, with its blind spots applied."""
     table = items.join(spec, on="id", how="inner", maintain_order="left")
     rng = np.random.default_rng([settings.seed, 7])
+    describe_rng = np.random.default_rng([settings.seed, 11])  # its own stream: describe_share 0 changes nothing
     template = PROMPTS[settings.prompt_version]
     rows = []
     for row in table.iter_rows(named=True):
@@ -206,6 +214,8 @@ def training_rows(items: pl.DataFrame, spec: pl.DataFrame, settings: BootstrapSe
                 {"image_path": image, "prompt": COMPARE_PROMPT.format(a=a, b=b), "completion": compare_target(a, b)},
             ]
             continue
+        if settings.describe_share and describe_rng.random() < settings.describe_share:
+            rows.append({"image_path": image, "prompt": DESCRIBE_PROMPT, "completion": describe_target(row)})
         unseen = row["mismatch"] != "none" and row["mismatch"] not in settings.sees
         view = row
         if unseen and rng.random() >= settings.unseen_fraction:
