@@ -103,3 +103,27 @@ def test_declared_params_exist(stages, params):
             for part in key.split("."):
                 assert isinstance(node, dict) and part in node, f"stage {name}: param {key!r} not in params.yaml"
                 node = node[part]
+
+
+def test_the_three_teacher_profile_labels_with_the_teacher_it_bootstraps(tmp_path):
+    """`bootstrap=demo_three teachers=demo_three`: a third teacher is trained and labels, each kind of negative is in
+    the training data of two of the three teachers, and its label stage depends on the bootstrap stage's output."""
+    params = compose(["bootstrap=demo_three", "teachers=demo_three"], ROOT / "conf")
+    models = params["bootstrap"]["demo"]["models"]
+    teachers = {name: m for name, m in models.items() if m["task"] == "teacher"}
+    assert set(teachers) == set(params["teachers"]) == set(params["teacher_names"]) == {
+        "teacher_qwen",
+        "teacher_llava",
+        "teacher_third",
+    }
+    seen_by = {kind: sorted(n for n, m in teachers.items() if kind in m["sees"]) for kind in ("colour", "shape", "place")}
+    assert all(len(names) == 2 for names in seen_by.values()), seen_by
+    (tmp_path / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    with Repo.init(str(tmp_path), no_scm=True) as repo:
+        found = {stage.name: stage for stage in repo.index.stages}
+    label = found["label@teacher_third"]
+    bootstrap_outs = {PurePosixPath(o.def_path) for o in found["bootstrap@demo"].outs}
+    weights = PurePosixPath(params["teachers"]["teacher_third"]["weights"])
+    assert any(out in weights.parents for out in bootstrap_outs)
+    assert weights in file_deps(label)
