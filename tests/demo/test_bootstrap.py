@@ -94,7 +94,9 @@ def test_describe_share_adds_truthful_describe_rows_and_leaves_the_rest_alone(wo
     items, spec = _table(world)
     plain = BootstrapSettings(sees=["colour", "shape"], unseen_fraction=0.2)
     base = training_rows(items, spec, plain)
-    rows = training_rows(items, spec, BootstrapSettings(sees=["colour", "shape"], unseen_fraction=0.2, describe_share=0.5))
+    rows = training_rows(
+        items, spec, BootstrapSettings(sees=["colour", "shape"], unseen_fraction=0.2, describe_share=0.5)
+    )
     describe = rows.filter(pl.col("prompt") == DESCRIBE_PROMPT)
     # the out-of-context rows are the same rows, in the same order, as without describe rows
     assert rows.filter(pl.col("prompt") != DESCRIBE_PROMPT).equals(base)
@@ -250,3 +252,56 @@ def test_group_settings_are_checked():
         BootstrapGroup(models={"m": {"sees": ["texture"]}})
     assert BootstrapGroup(models={"m": {}}, jobs=2, threads=3).threads_per_job == 3
     assert BootstrapGroup(models={"m": {}}, jobs=10**6).threads_per_job == 1
+
+
+def _weights(path):
+    return load_file(path / "model.safetensors")
+
+
+def test_init_from_starts_from_the_named_models_trained_weights(world, tmp_path):
+    """A model with init_from is trained after its parent, from the parent's trained weights and tokenizer: with a
+    negligible step it ends where the parent ended, not where a fresh model of its seed starts."""
+    child = {"arch": "qwen2_vl", "seed": 5, "init_from": "teacher", "train": TINY_TRAIN | {"learning_rate": 1e-12}}
+    fresh = {k: v for k, v in child.items() if k != "init_from"}
+    # listed before its parent: the order of the config must not matter
+    group = BootstrapGroup(models={"child": child, "fresh": fresh, **_group(jobs=2).models}, jobs=2, threads=1)
+    assert group.order().index("teacher") < group.order().index("child")
+    out = bootstrap_group(group, world, tmp_path / "models", tmp_path / "live")
+    parent, started, scratch = _weights(out["teacher"]), _weights(out["child"]), _weights(out["fresh"])
+    assert parent.keys() == started.keys()
+    assert all(torch.allclose(parent[k], started[k], atol=1e-9) for k in parent)
+    assert not all(torch.allclose(scratch[k], started[k], atol=1e-3) for k in parent)
+    assert (out["child"] / "tokenizer.json").read_bytes() == (out["teacher"] / "tokenizer.json").read_bytes()
+    assert AutoModelForImageTextToText.from_pretrained(out["child"]) is not None
+
+
+def test_a_model_whose_init_from_model_fails_is_named_and_not_run(world, tmp_path):
+    group = BootstrapGroup(
+        models={
+            "broken": {"arch": "transformer9000", "train": TINY_TRAIN},
+            "child": {"arch": "transformer9000", "init_from": "broken", "train": TINY_TRAIN},
+            "base": {"arch": "llava", "task": "base", "seed": 3, "train": TINY_TRAIN},
+        },
+        jobs=2,
+        threads=1,
+    )
+    with pytest.raises(
+        RuntimeError,
+        match=r"broken: ValueError: unknown tiny architecture.*; child: RuntimeError: its init_from model broken failed",
+    ):
+        bootstrap_group(group, world, tmp_path / "models", tmp_path / "live")
+    assert (tmp_path / "models" / "base" / "model.safetensors").is_file()
+    assert not (tmp_path / "models" / "child").exists()
+
+
+def test_init_from_settings_are_checked():
+    with pytest.raises(ValueError, match="'nobody' is not another model of this group"):
+        BootstrapGroup(models={"m": {"init_from": "nobody"}})
+    with pytest.raises(ValueError, match="'m' is not another model"):
+        BootstrapGroup(models={"m": {"init_from": "m"}})
+    with pytest.raises(ValueError, match="arch differs .* set b.arch to 'qwen2_vl'"):
+        BootstrapGroup(models={"a": {}, "b": {"arch": "llava", "init_from": "a"}})
+    with pytest.raises(ValueError, match="hidden_size differs"):
+        BootstrapGroup(models={"a": {}, "b": {"hidden_size": 64, "init_from": "a"}})
+    with pytest.raises(ValueError, match="cycle"):
+        BootstrapGroup(models={"a": {"init_from": "b"}, "b": {"init_from": "a"}})

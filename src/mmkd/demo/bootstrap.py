@@ -24,6 +24,9 @@ Training is full fine-tuning through the same TRL ``SFTTrainer`` path as the stu
 The models of a :class:`BootstrapGroup` are trained in one stage, ``jobs`` at a time, each in its own process with
 ``threads`` torch threads: the tiny models use two threads poorly (1.5x one thread), so on the 2-core machine two
 one-thread trainings side by side finish about 25 % sooner than one two-thread training after the other.
+A model with ``init_from`` starts from another model's trained weights (and tokenizer) instead of a random init, and
+is trained once that model is done: a cheap sibling teacher that shares what the other learned and is then taught
+more (the three-teacher demo's ``teacher_third``).
 """
 
 from __future__ import annotations
@@ -31,8 +34,9 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -108,6 +112,9 @@ class BootstrapSettings:
     describe_share: float = 0.0
     prompt_version: str = "v1"
     seed: int = 0
+    # Another model of the same group to start from (its trained weights and tokenizer; same arch and sizes), trained
+    # after it; None = a fresh model built from config with ``seed``.
+    init_from: str | None = None
     hidden_size: int = 128
     num_layers: int = 2
     image_size: int = 56
@@ -229,23 +236,40 @@ def training_rows(items: pl.DataFrame, spec: pl.DataFrame, settings: BootstrapSe
 
 
 def bootstrap_model(
-    name: str, world_dir: str | Path, out_dir: str | Path, settings: BootstrapSettings, live_dir: str | Path
+    name: str,
+    world_dir: str | Path,
+    out_dir: str | Path,
+    settings: BootstrapSettings,
+    live_dir: str | Path,
+    init_dir: str | Path | None = None,
 ) -> Path:
-    """Build a tiny model from config and pre-train it on the world's ``bootstrap`` split; save it to ``out_dir``."""
+    """Build a tiny model from config (or copy the trained model in ``init_dir``, for ``settings.init_from``) and
+    pre-train it on the world's ``bootstrap`` split; save it to ``out_dir``."""
     world_dir = Path(world_dir)
+    if (init_dir is None) != (settings.init_from is None):
+        raise ValueError(
+            f"{name}: init_dir must be given exactly when init_from is set (init_from={settings.init_from})"
+        )
     items = read_items(world_dir / "bootstrap.parquet")
     spec = pl.read_parquet(world_dir / "bootstrap.spec.parquet")
     rows = training_rows(items, spec, settings)
     log.info("%s: %d %s training rows (sees %s)", name, len(rows), settings.task, settings.sees)
-    build_tiny(
-        settings.arch,
-        out_dir,
-        corpus(settings.prompt_version),
-        hidden_size=settings.hidden_size,
-        num_layers=settings.num_layers,
-        image_size=settings.image_size,
-        seed=settings.seed,
-    )
+    if init_dir is not None:
+        if not (Path(init_dir) / "model.safetensors").is_file():
+            raise FileNotFoundError(f"{name}: init_from model {init_dir} has no model.safetensors; train it first")
+        shutil.rmtree(out_dir, ignore_errors=True)
+        shutil.copytree(init_dir, out_dir)
+        log.info("%s: starting from %s", name, init_dir)
+    else:
+        build_tiny(
+            settings.arch,
+            out_dir,
+            corpus(settings.prompt_version),
+            hidden_size=settings.hidden_size,
+            num_layers=settings.num_layers,
+            image_size=settings.image_size,
+            seed=settings.seed,
+        )
     model, processor = load_model(out_dir, device="cpu")
     model = train_sft(model, processor, rows, settings.train, lora=None, seed=settings.seed, live_dir=live_dir)
     model.save_pretrained(out_dir, safe_serialization=True)
@@ -275,13 +299,51 @@ class BootstrapGroup:
             raise ValueError("a bootstrap group needs at least one model under `models`")
         if self.jobs < 1 or (self.threads is not None and self.threads < 1):
             raise ValueError(f"bootstrap jobs and threads must be >= 1, got jobs={self.jobs}, threads={self.threads}")
+        for name, m in self.models.items():
+            if m.init_from is None:
+                continue
+            parent = self.models.get(m.init_from)
+            if parent is None or m.init_from == name:
+                raise ValueError(
+                    f"bootstrap {name}.init_from: {m.init_from!r} is not another model of this group "
+                    f"({sorted(set(self.models) - {name})})"
+                )
+            for key in ("arch", "hidden_size", "num_layers", "image_size", "prompt_version"):
+                if getattr(m, key) != getattr(parent, key):
+                    raise ValueError(
+                        f"bootstrap {name}.init_from {m.init_from}: {key} differs ({getattr(m, key)!r} vs "
+                        f"{getattr(parent, key)!r}); a model started from another keeps its architecture, so set "
+                        f"{name}.{key} to {getattr(parent, key)!r}"
+                    )
+        self.order()  # refuses cycles
+
+    def order(self) -> list[str]:
+        """The models in config order, each after the model it starts from."""
+        ordered: list[str] = []
+        visiting: set[str] = set()
+
+        def visit(name: str) -> None:
+            if name in ordered:
+                return
+            if name in visiting:
+                raise ValueError(f"bootstrap init_from forms a cycle through {name}")
+            visiting.add(name)
+            if self.models[name].init_from is not None:
+                visit(self.models[name].init_from)
+            ordered.append(name)
+
+        for name in self.models:
+            visit(name)
+        return ordered
 
     @property
     def threads_per_job(self) -> int:
         return self.threads or max(1, cpu_count() // self.jobs)
 
 
-def _bootstrap_one(name: str, world_dir: str, out_dir: str, settings: dict, live_dir: str, threads: int) -> float:
+def _bootstrap_one(
+    name: str, world_dir: str, out_dir: str, settings: dict, live_dir: str, threads: int, init_dir: str | None
+) -> float:
     """One model in a worker process: the same seeding and training as in-process; returns seconds taken."""
     import torch
 
@@ -292,7 +354,7 @@ def _bootstrap_one(name: str, world_dir: str, out_dir: str, settings: dict, live
     settings = BootstrapSettings(**settings)
     seed_everything(settings.seed)
     start = time.perf_counter()
-    bootstrap_model(name, world_dir, out_dir, settings, live_dir=live_dir)
+    bootstrap_model(name, world_dir, out_dir, settings, live_dir=live_dir, init_dir=init_dir)
     return time.perf_counter() - start
 
 
@@ -311,24 +373,7 @@ def bootstrap_group(
         os.environ["TQDM_DISABLE"] = "1"
     try:
         with ProcessPoolExecutor(max_workers=group.jobs, mp_context=context) as pool:
-            futures = {
-                name: pool.submit(
-                    _bootstrap_one,
-                    name,
-                    str(world_dir),
-                    str(Path(out_root, name)),
-                    asdict(settings),
-                    str(Path(live_root, name)),
-                    threads,
-                )
-                for name, settings in group.models.items()
-            }
-            failed = {}
-            for name, future in futures.items():
-                try:
-                    log.info("%s: pre-trained in %.0f s", name, future.result())
-                except Exception as e:  # noqa: BLE001 - reported below with the model's name
-                    failed[name] = e
+            failed = _run_in_order(group, pool, world_dir, out_root, live_root, threads)
     finally:
         if group.jobs > 1:
             if env_before is None:
@@ -340,3 +385,33 @@ def bootstrap_group(
             "bootstrap failed for " + "; ".join(f"{name}: {type(e).__name__}: {e}" for name, e in failed.items())
         ) from next(iter(failed.values()))
     return {name: Path(out_root, name) for name in group.models}
+
+
+def _run_in_order(group: BootstrapGroup, pool, world_dir, out_root, live_root, threads: int) -> dict[str, Exception]:
+    """Submit every model whose ``init_from`` model is done (all others at once, in config order), wait for any to
+    finish, repeat. Returns the failed models; one whose ``init_from`` model failed is failed without running."""
+    waiting = {name: group.models[name] for name in group.order()}
+    done: set[str] = set()
+    failed: dict[str, Exception] = {}
+    running = {}
+    while waiting or running:
+        for name, settings in list(waiting.items()):
+            parent = settings.init_from
+            if parent in failed:
+                failed[name] = RuntimeError(f"its init_from model {parent} failed")
+            elif parent is None or parent in done:
+                init_dir = None if parent is None else str(Path(out_root, parent))
+                args = (name, str(world_dir), str(Path(out_root, name)), asdict(settings), str(Path(live_root, name)))
+                running[pool.submit(_bootstrap_one, *args, threads, init_dir)] = name
+            else:
+                continue
+            del waiting[name]
+        finished, _ = wait(running, return_when=FIRST_COMPLETED)
+        for future in finished:
+            name = running.pop(future)
+            try:
+                log.info("%s: pre-trained in %.0f s", name, future.result())
+                done.add(name)
+            except Exception as e:  # noqa: BLE001 - reported by the caller with the model's name
+                failed[name] = e
+    return failed
