@@ -287,7 +287,8 @@ def test_a_model_whose_init_from_model_fails_is_named_and_not_run(world, tmp_pat
     )
     with pytest.raises(
         RuntimeError,
-        match=r"broken: ValueError: unknown tiny architecture.*; child: RuntimeError: its init_from model broken failed",
+        match=r"broken: ValueError: unknown tiny architecture.*; "
+        r"child: RuntimeError: its init_from model broken failed",
     ):
         bootstrap_group(group, world, tmp_path / "models", tmp_path / "live")
     assert (tmp_path / "models" / "base" / "model.safetensors").is_file()
