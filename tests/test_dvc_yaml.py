@@ -105,10 +105,17 @@ def test_declared_params_exist(stages, params):
                 node = node[part]
 
 
-def test_the_three_teacher_profile_labels_with_the_teacher_it_bootstraps(tmp_path):
-    """`bootstrap=demo_three teachers=demo_three`: a third teacher is trained and labels, each kind of negative is in
-    the training data of two of the three teachers, and its label stage depends on the bootstrap stage's output."""
-    params = compose(["bootstrap=demo_three", "teachers=demo_three"], ROOT / "conf")
+def test_the_committed_params_are_the_composed_conf(params):
+    """`dvc repro` reads params.yaml as committed; it must be what conf/ composes to (`mmkd compose` writes it)."""
+    assert params == compose([], ROOT / "conf"), "params.yaml is stale: run `mmkd compose` and commit it"
+
+
+def test_the_default_demo_labels_with_three_teachers_and_the_third_it_bootstraps(tmp_path):
+    """The default (`bootstrap=demo_three teachers=demo_three`): a third teacher is trained and labels, each kind of
+    negative is in the training data of two of the three teachers, the third starts from teacher_qwen's weights, and
+    its label stage depends on the bootstrap stage's output."""
+    params = compose([], ROOT / "conf")
+    assert params == compose(["bootstrap=demo_three", "teachers=demo_three"], ROOT / "conf")
     models = params["bootstrap"]["demo"]["models"]
     teachers = {name: m for name, m in models.items() if m["task"] == "teacher"}
     assert set(teachers) == set(params["teachers"]) == set(params["teacher_names"]) == {
@@ -118,6 +125,7 @@ def test_the_three_teacher_profile_labels_with_the_teacher_it_bootstraps(tmp_pat
     }
     seen_by = {kind: sorted(n for n, m in teachers.items() if kind in m["sees"]) for kind in ("colour", "shape", "place")}
     assert all(len(names) == 2 for names in seen_by.values()), seen_by
+    assert teachers["teacher_third"]["init_from"] == "teacher_qwen"
     (tmp_path / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     with Repo.init(str(tmp_path), no_scm=True) as repo:
