@@ -136,3 +136,20 @@ def test_stage1_targets(three_teachers):
     assert sorted(set(agreed["id"])) == ["1", "3"]
     with pytest.raises(ValueError, match="stage1.targets"):
         stage1_rows(three_teachers, policy="best")
+
+
+def test_stage1_majority_targets_drop_the_outvoted_answer(three_teachers):
+    rows = stage1_rows(three_teachers, policy="majority")
+    kept = {(i, s) for i, s in rows.select("id", "source").iter_rows()}
+    # item 2 is 2-1 (a says pristine): a's answer goes; 1 and 3 are unanimous; on 4, b did not parse
+    assert kept == {("1", "a"), ("1", "b"), ("1", "c"), ("2", "b"), ("2", "c"), ("3", "a"), ("3", "b"), ("3", "c"),
+                    ("4", "a"), ("4", "c")}
+    assert set(rows.columns) == {"id", "source", "completion"}
+
+
+def test_stage1_majority_keeps_both_sides_of_a_tie():
+    a = _answers("a", [("1", "pristine", "ok"), ("2", "falsified", "ok")])
+    b = _answers("b", [("1", "falsified", "ok"), ("2", "falsified", "ok")])
+    rows = stage1_rows({"a": a, "b": b}, policy="majority")
+    assert rows.select("id", "source").rows() == [("1", "a"), ("1", "b"), ("2", "a"), ("2", "b")]
+    assert rows.equals(stage1_rows({"a": a, "b": b}, policy="all"))
