@@ -1,4 +1,5 @@
-"""Time SFT steps with TRL's on-the-fly collation against ``cache_collated: true`` (mmkd.training.collate).
+"""Time SFT steps with TRL's on-the-fly collation against ``cpu_speedups.cache_collated: true``
+(mmkd.training.cpu_speedups.collate).
 
 Two measurements on the demo's committed data (run ``dvc repro`` or ``dvc pull`` first):
 
@@ -29,8 +30,9 @@ from mmkd.modeling import load_model
 from mmkd.schema import read_answers, read_items
 from mmkd.stage_io import seed_everything
 from mmkd.training import trainers
-from mmkd.training.collate import CachedCollator
-from mmkd.training.config import LoraSettings, TrainSettings, from_params
+from mmkd.training.config import LoraSettings, Stage1Settings, TrainSettings, from_params
+from mmkd.training.cpu_speedups import CpuSpeedups
+from mmkd.training.cpu_speedups.collate import CachedCollator
 from mmkd.training.rows import with_prompts
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,14 +80,23 @@ def collation_ms(rows, base: str, epochs: int, batch_size: int) -> dict[str, lis
     return out
 
 
-def training_s_per_100(rows, base: str, settings: TrainSettings, lora: LoraSettings, steps: int) -> float:
+def training_s_per_100(
+    rows, base: str, settings: TrainSettings, lora: LoraSettings, steps: int, speedups: CpuSpeedups
+) -> float:
     seed_everything(0)
     model, processor = load_model(base, device="cpu")
     clock = _StepClock()
     with tempfile.TemporaryDirectory() as tmp:
         trainers.train_sft(
-            model, processor, rows, replace(settings, max_steps=steps, logging_steps=steps),
-            lora=lora, seed=0, live_dir=Path(tmp, "live"), callbacks=[clock],
+            model,
+            processor,
+            rows,
+            replace(settings, max_steps=steps, logging_steps=steps),
+            lora=lora,
+            seed=0,
+            live_dir=Path(tmp, "live"),
+            callbacks=[clock],
+            speedups=speedups,
         )
     return 100 * clock.wall / steps
 
@@ -99,11 +110,14 @@ def main() -> None:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     world = ROOT / params["data"]["dir"]
     answers = {t: read_answers(ROOT / f"data/answers/{t}/train.parquet") for t in params["teacher_names"]}
-    rows = with_prompts(stage1_rows(answers, policy=params["stage1"]["targets"]), read_items(world / "train.parquet"),
-                        params["student"]["prompt_version"])
+    rows = with_prompts(
+        stage1_rows(answers, policy=params["stage1"]["targets"]),
+        read_items(world / "train.parquet"),
+        params["student"]["prompt_version"],
+    )
     base = str(ROOT / params["student"]["model"])
-    settings = from_params(TrainSettings, params["stage1"]["train"])
-    lora = from_params(LoraSettings, params["stage1"]["lora"])
+    stage1 = from_params(Stage1Settings, params["stage1"], "stage1")
+    settings, lora = stage1.train, stage1.lora
     print(f"Stage-1 rows: {len(rows)}, batch {settings.batch_size}, {torch.get_num_threads()} torch threads")
     ms = collation_ms(rows, base, args.epochs, settings.batch_size)
     print(f"\n{'collation':<10}{'ms per batch, epoch 1':>23}{'later epochs (mean)':>21}")
@@ -112,7 +126,8 @@ def main() -> None:
     print(f"\n{'round':<7}{'cache_collated':>15}{'s per 100 steps':>17}")
     for r in range(args.rounds):
         for cached in (False, True):
-            wall = training_s_per_100(rows, base, replace(settings, cache_collated=cached), lora, args.steps)
+            speedups = replace(stage1.cpu_speedups, cache_collated=cached)
+            wall = training_s_per_100(rows, base, settings, lora, args.steps, speedups)
             print(f"{r:<7}{str(cached).lower():>15}{wall:>17.1f}", flush=True)
 
 

@@ -50,8 +50,8 @@ from transformers import (
 from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 
 from mmkd.cli import compose
+from mmkd.demo.tiny import LLAVA_SPECIALS, VICUNA_CHAT_TEMPLATE, build_tiny, llava_next_pinpoints, train_tokenizer
 from mmkd.prompts import get_prompt
-from mmkd.tiny import LLAVA_SPECIALS, VICUNA_CHAT_TEMPLATE, build_tiny, llava_next_pinpoints, train_tokenizer
 from mmkd.training.config import DPOSettings, LoraSettings, Stage2Settings, TrainSettings, from_params
 from mmkd.training.trainers import run_stage1, run_stage2
 

@@ -1,6 +1,6 @@
 """Labelling throughput of a server teacher at several concurrencies, beside the ideal (concurrency ÷ latency).
 
-The server is the fake Chat Completions server of ``mmkd.teachers.fault_server`` (no model: a canned answer after a
+The server is the fake Chat Completions server of ``tests/fault_server.py`` (no model: a canned answer after a
 fixed latency), run in its own process so that the client's CPU time is measured alone. The client is the real
 labelling path: items read from a demo world, images loaded and checked, base64 data URLs, the ``openai`` SDK,
 answers parsed and (unless ``--no-cache``) committed one by one to a SQLite answer cache.
@@ -25,9 +25,11 @@ from pathlib import Path
 
 from mmkd.answer_cache import AnswerCache
 from mmkd.demo.world import make_world
+from mmkd.inference import make_backend
 from mmkd.labelling import LabelTally, label_items
 from mmkd.schema import items_frame, read_items
-from mmkd.teachers import make_teacher
+
+FAULT_SERVER = Path(__file__).resolve().parents[1] / "tests" / "fault_server.py"  # a test double, run as a script
 
 
 def items_for(world: Path, n: int, run: str):
@@ -41,7 +43,7 @@ def items_for(world: Path, n: int, run: str):
 
 
 def measure(base_url: str, world: Path, cache_dir: Path | None, concurrency: int, n: int, run: str) -> dict:
-    teacher = make_teacher(
+    teacher = make_backend(
         "bench",
         {
             "backend": "openai",
@@ -70,7 +72,7 @@ def measure(base_url: str, world: Path, cache_dir: Path | None, concurrency: int
 def fake_server(port: int, latency: float):
     """The fake server in its own process; yields its URL and a function giving its CPU seconds so far (Linux)."""
     server = subprocess.Popen(
-        [sys.executable, "-m", "mmkd.teachers.fault_server", "--port", str(port), "--latency", str(latency)],
+        [sys.executable, str(FAULT_SERVER), "--port", str(port), "--latency", str(latency)],
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -1,4 +1,5 @@
-"""Time TRL's chunked log-prob kernel against ``logprob_head: full`` (mmkd.training.logprob_head) on this machine.
+"""Time TRL's chunked log-prob kernel against ``cpu_speedups.logprob_head: full``
+(mmkd.training.cpu_speedups.logprob_head) on this machine.
 
 Forward + backward of the per-token log-probabilities (with entropy and top-1, as TRL's SFT asks for) for one
 batch of hidden states, at the demo's shape by default (32 sequences x 120 tokens, hidden 128, 512 words) or any
@@ -16,7 +17,7 @@ import time
 import torch
 from trl.kernels import ChunkedLogProbFunction
 
-from mmkd.training.logprob_head import FullLogitsLogProb
+from mmkd.training.cpu_speedups.logprob_head import FullLogitsLogProb
 
 OUTPUTS = ("log_probs", "entropy", "is_top1")  # what TRL's SFT trainer requests
 

@@ -3,6 +3,7 @@ models/<group>/<model> (see mmkd.demo.bootstrap)."""
 
 import sys
 
+from mmkd import paths
 from mmkd.demo.bootstrap import BootstrapGroup, bootstrap_group
 from mmkd.stage_io import read_params, setup_logging
 
@@ -10,11 +11,9 @@ from mmkd.stage_io import read_params, setup_logging
 def main(group: str) -> None:
     setup_logging()
     params = read_params()
+    models_dir, live_dir = paths.bootstrap_dirs(group)
     bootstrap_group(
-        BootstrapGroup(**params["bootstrap"][group]),
-        params["data"]["dir"],
-        out_root=f"models/{group}",
-        live_root=f"dvclive/bootstrap/{group}",
+        BootstrapGroup(**params["bootstrap"][group]), params["data"]["dir"], out_root=models_dir, live_root=live_dir
     )
 
 

@@ -5,24 +5,23 @@ Writes per-item predictions (data/predictions/<model>.parquet, teachers under te
 and confusion-matrix plot data (metrics/confusion/<model>.csv, teachers under teachers/).
 """
 
-from pathlib import Path
-
+from mmkd import paths
 from mmkd.evaluation import confusion_rows, score
+from mmkd.inference.local import LocalBackend, LocalConfig
 from mmkd.labelling import label_items
 from mmkd.schema import gold_path, read_answers, read_gold, read_items
 from mmkd.stage_io import read_params, setup_logging, write_json
-from mmkd.teachers.local import LocalConfig, LocalTeacher
 
 
 def main() -> None:
     setup_logging()
     params = read_params()
     student, cfg = params["student"], params["evaluate"]
-    test_file = Path(params["data"]["dir"]) / "test.parquet"
+    test_file = paths.items_file(params["data"]["dir"], "test")
     items, gold = read_items(test_file), read_gold(gold_path(test_file))
 
     variants = {"zero_shot": None} if cfg["zero_shot"] else {}
-    variants |= {"stage1": "models/stage1", "stage2": "models/stage2"}
+    variants |= {"stage1": str(paths.STAGE1_ADAPTER), "stage2": str(paths.STAGE2_ADAPTER)}
     predictions = {}
     for name, adapter in variants.items():
         config = LocalConfig(
@@ -33,11 +32,11 @@ def main() -> None:
             max_new_tokens=cfg["max_new_tokens"],
         )
         predictions[name] = label_items(
-            LocalTeacher(config, name=name), items, source=name, prompt_version=student["prompt_version"]
+            LocalBackend(config, name=name), items, source=name, prompt_version=student["prompt_version"]
         )
-    teachers = {t: read_answers(f"data/answers/{t}/test.parquet") for t in params["teacher_names"]}
+    teachers = {t: read_answers(paths.answers_file(t, "test")) for t in params["teacher_names"]}
 
-    out, plots = Path("data/predictions"), Path("metrics/confusion")
+    out, plots = paths.PREDICTIONS, paths.CONFUSION
     for d in (out / "teachers", plots / "teachers"):
         d.mkdir(parents=True, exist_ok=True)
     metrics = {name: score(answers, gold) for name, answers in predictions.items()}
@@ -45,7 +44,7 @@ def main() -> None:
     for name, answers in (predictions | {f"teachers/{t}": a for t, a in teachers.items()}).items():
         answers.write_parquet(out / f"{name}.parquet")
         confusion_rows(answers, gold).write_csv(plots / f"{name}.csv")
-    write_json("metrics/evaluate.json", metrics)
+    write_json(paths.metrics_file("evaluate"), metrics)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from mmkd import paths
 from mmkd.data import PrepareInputError
 from mmkd.data.newsclippings import NewsClippingsSettings, prepare_newsclippings
 from mmkd.stage_io import read_params, setup_logging, write_json
@@ -26,7 +27,7 @@ def main(name: str) -> None:
         summary = prepare_newsclippings(settings, out)
     except PrepareInputError as exc:
         raise SystemExit(f"prepare@{name}: {exc}") from None
-    write_json("metrics/prepare.json", summary)
+    write_json(paths.metrics_file("prepare"), summary)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,10 @@
-"""Stage `stage1`: LoRA SFT of the student on every teacher answer -> models/stage1 (adapter), dvclive/stage1."""
+"""Stage `stage1`: LoRA SFT of the student on the teachers' answers -> models/stage1 (adapter), dvclive/stage1."""
 
-from pathlib import Path
-
+from mmkd import paths
 from mmkd.conflict import stage1_rows
 from mmkd.schema import read_answers, read_items
 from mmkd.stage_io import read_params, seed_everything, setup_logging
-from mmkd.training.config import LoraSettings, TrainSettings, from_params
+from mmkd.training.config import Stage1Settings, from_params
 from mmkd.training.rows import with_prompts
 from mmkd.training.trainers import run_stage1
 
@@ -13,19 +12,22 @@ from mmkd.training.trainers import run_stage1
 def main() -> None:
     setup_logging()
     params = read_params()
-    student, stage1 = params["student"], params["stage1"]
+    student, settings = params["student"], from_params(Stage1Settings, params["stage1"], "stage1")
     seed_everything(params["seed"])
-    answers = {t: read_answers(f"data/answers/{t}/train.parquet") for t in params["teacher_names"]}
-    items = read_items(Path(params["data"]["dir"]) / "train.parquet")
-    rows = with_prompts(stage1_rows(answers, policy=stage1["targets"]), items, student["prompt_version"])
+
+    answers = {t: read_answers(paths.answers_file(t, "train")) for t in params["teacher_names"]}
+    items = read_items(paths.items_file(params["data"]["dir"], "train"))
+    rows = with_prompts(stage1_rows(answers, policy=settings.targets), items, student["prompt_version"])
+
     run_stage1(
         student["model"],
         rows,
-        lora=from_params(LoraSettings, stage1["lora"]),
-        settings=from_params(TrainSettings, stage1["train"]),
+        lora=settings.lora,
+        settings=settings.train,
+        speedups=settings.cpu_speedups,
         seed=params["seed"],
-        out_dir="models/stage1",
-        live_dir="dvclive/stage1",
+        out_dir=paths.STAGE1_ADAPTER,
+        live_dir=paths.DVCLIVE / "stage1",
         dtype=student["dtype"],
         prompt_version=student["prompt_version"],
     )

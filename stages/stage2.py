@@ -1,10 +1,7 @@
 """Stage `stage2`: LoRA SFT + DPO on the conflict set, on top of merged Stage 1 -> models/stage2, dvclive/stage2."""
 
-from pathlib import Path
-
-import polars as pl
-
-from mmkd.schema import read_items
+from mmkd import paths
+from mmkd.schema import read_items, read_pairs, read_sft_rows
 from mmkd.stage_io import read_params, seed_everything, setup_logging
 from mmkd.training.config import Stage2Settings, from_params
 from mmkd.training.rows import with_prompts
@@ -14,20 +11,22 @@ from mmkd.training.trainers import run_stage2
 def main() -> None:
     setup_logging()
     params = read_params()
-    student = params["student"]
+    student, settings = params["student"], from_params(Stage2Settings, params["stage2"], "stage2")
     seed_everything(params["seed"])
-    items = read_items(Path(params["data"]["dir"]) / "train.parquet")
-    sft_rows = with_prompts(pl.read_parquet("data/split/sft.parquet"), items, student["prompt_version"])
-    pairs = with_prompts(pl.read_parquet("data/split/pairs.parquet"), items, student["prompt_version"])
+
+    items = read_items(paths.items_file(params["data"]["dir"], "train"))
+    sft_rows = with_prompts(read_sft_rows(paths.STAGE2_SFT), items, student["prompt_version"])
+    pairs = with_prompts(read_pairs(paths.STAGE2_PAIRS), items, student["prompt_version"])
+
     run_stage2(
         student["model"],
-        "models/stage1",
+        str(paths.STAGE1_ADAPTER),
         sft_rows,
         pairs,
-        settings=from_params(Stage2Settings, params["stage2"]),
+        settings=settings,
         seed=params["seed"],
-        out_dir="models/stage2",
-        live_dir="dvclive/stage2",
+        out_dir=paths.STAGE2_ADAPTER,
+        live_dir=paths.DVCLIVE / "stage2",
         dtype=student["dtype"],
         prompt_version=student["prompt_version"],
     )

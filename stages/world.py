@@ -4,6 +4,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from mmkd import paths
 from mmkd.demo.world import make_world
 from mmkd.stage_io import read_params, setup_logging, write_json
 
@@ -22,7 +23,7 @@ def main(name: str) -> None:
         image_size=world["image_size"],
         evidence_noise=world["evidence_noise"],
     )
-    write_json("metrics/world.json", summary)
+    write_json(paths.metrics_file("world"), summary)
 
 
 if __name__ == "__main__":

@@ -17,12 +17,16 @@ import pytest
 import torch
 
 from mmkd.demo.bootstrap import corpus, teacher_target
+from mmkd.demo.tiny import ARCHITECTURES, build_tiny
 from mmkd.demo.world import make_world
+from mmkd.modeling import register_processor_plugins
 from mmkd.schema import read_items
-from mmkd.tiny import ARCHITECTURES, build_tiny
 from mmkd.training import trainers
 from mmkd.training.config import DPOSettings, LoraSettings, Stage2Settings, TrainSettings
 from mmkd.training.rows import with_prompts
+
+# What load_model does before it loads a processor; some tests call AutoProcessor.from_pretrained directly.
+register_processor_plugins()
 
 WORLD_SIZES = {"bootstrap": 64, "train": 24, "test": 16}
 PROMPT_VERSION = "v1"
@@ -51,7 +55,7 @@ def world_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
-    """arch -> directory of a tiny model + processor with random weights, for every architecture in mmkd.tiny."""
+    """arch -> directory of a tiny model + processor with random weights, for every architecture in mmkd.demo.tiny."""
     root = tmp_path_factory.mktemp("tiny")
     texts = corpus(PROMPT_VERSION)
     return {arch: build_tiny(arch, root / arch, texts) for arch in ARCHITECTURES}

@@ -24,13 +24,14 @@ from peft.tuners.tuners_utils import check_target_module_exists
 from transformers import LlavaNextForConditionalGeneration
 
 from mmkd.cli import compose
+from mmkd.demo.tiny import ARCHITECTURES
+from mmkd.inference import LABELLING_KEYS, make_backend
+from mmkd.inference.local import LocalConfig
 from mmkd.labelling import label_items
 from mmkd.modeling import load_model
 from mmkd.schema import ANSWER_SCHEMA, read_items
-from mmkd.teachers import LABELLING_KEYS, make_teacher
-from mmkd.teachers.local import LocalConfig
-from mmkd.tiny import ARCHITECTURES
-from mmkd.training.config import LoraSettings, Stage2Settings, TrainSettings, from_params
+from mmkd.training.config import LoraSettings, Stage1Settings, Stage2Settings, TrainSettings, from_params
+from mmkd.training.cpu_speedups import CpuSpeedups
 from mmkd.training.trainers import lora_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,6 +63,9 @@ def test_paper_profiles_parse_into_gpu_settings_and_the_demo_stays_on_cpu_settin
     paper, demo = compose(PAPER_PROFILE, ROOT / "conf"), compose([], ROOT / "conf")
     stage1 = from_params(TrainSettings, paper["stage1"]["train"])
     stage2 = from_params(Stage2Settings, paper["stage2"])
+    # The CPU speed-ups for tiny models are never set at paper scale: TRL's own code paths run.
+    assert "cpu_speedups" not in paper["stage1"] and "cpu_speedups" not in paper["stage2"]
+    assert from_params(Stage1Settings, paper["stage1"]).cpu_speedups == stage2.cpu_speedups == CpuSpeedups()
     for s in (stage1, stage2.sft, stage2.dpo):
         assert (s.bf16, s.tf32, s.gradient_checkpointing) == (True, True, True)
     assert stage1.batch_size * stage1.grad_accum == 128  # LLaVA-1.5's LoRA recipe: 128 items per step
@@ -80,6 +84,7 @@ def test_paper_profiles_parse_into_gpu_settings_and_the_demo_stays_on_cpu_settin
     for s in (from_params(TrainSettings, demo["stage1"]["train"]), demo_stage2.sft, demo_stage2.dpo):
         assert (s.bf16, s.tf32, s.gradient_checkpointing, s.max_image_pixels) == (False, None, False, None)
     assert demo["student"]["dtype"] == "float32"
+    assert from_params(Stage1Settings, demo["stage1"]).cpu_speedups == demo_stage2.cpu_speedups != CpuSpeedups()
 
 
 # --- LoRA goes on the language model only ----------------------------------------------------------------------------
@@ -125,7 +130,7 @@ def test_paper_profile_lora_targets_the_real_size_student_language_model_only():
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_local_teacher_with_profile_settings_labels_items(tiny_models, world_dir, tmp_path, arch):
     """A paper teacher's params (conf/teachers/paper_local.yaml), every key of them, on a tiny model of each class,
-    through ``make_teacher`` as the label stage builds it. Only what cannot apply here is changed."""
+    through ``make_backend`` as the label stage builds it. Only what cannot apply here is changed."""
     paper = compose(PAPER_PROFILE, ROOT / "conf")["teachers"]
     params = next(iter(paper.values())) | {
         "model": str(tiny_models[arch]),
@@ -140,7 +145,7 @@ def test_local_teacher_with_profile_settings_labels_items(tiny_models, world_dir
         "batch_size": 4,
         "max_new_tokens": 8,
     }
-    teacher = make_teacher(arch, params)
+    teacher = make_backend(arch, params)
     assert teacher.model.config._attn_implementation == "eager"
     assert teacher.identity()["max_image_pixels"] == 56 * 112  # cached answers are keyed by the cap too
     if arch == "internvl":

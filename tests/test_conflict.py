@@ -142,8 +142,18 @@ def test_stage1_majority_targets_drop_the_outvoted_answer(three_teachers):
     rows = stage1_rows(three_teachers, policy="majority")
     kept = {(i, s) for i, s in rows.select("id", "source").iter_rows()}
     # item 2 is 2-1 (a says pristine): a's answer goes; 1 and 3 are unanimous; on 4, b did not parse
-    assert kept == {("1", "a"), ("1", "b"), ("1", "c"), ("2", "b"), ("2", "c"), ("3", "a"), ("3", "b"), ("3", "c"),
-                    ("4", "a"), ("4", "c")}
+    assert kept == {
+        ("1", "a"),
+        ("1", "b"),
+        ("1", "c"),
+        ("2", "b"),
+        ("2", "c"),
+        ("3", "a"),
+        ("3", "b"),
+        ("3", "c"),
+        ("4", "a"),
+        ("4", "c"),
+    }
     assert set(rows.columns) == {"id", "source", "completion"}
 
 

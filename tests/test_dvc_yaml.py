@@ -6,7 +6,9 @@ script as a dependency, and the params a stage declares are params that exist.
 
 from __future__ import annotations
 
+import ast
 import shlex
+import tomllib
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -87,6 +89,82 @@ def test_every_stage_lists_its_own_script(stages):
             assert script in file_deps(stage), f"stage {name}: {script} is run but not in deps"
 
 
+# Files a module loads by path or by entry point at run time, which no import statement shows.
+LOADED_AT_RUN_TIME = {
+    "src/mmkd/evaluation/__init__.py": ["src/mmkd/evaluation/modules/ooc_accuracy/ooc_accuracy.py"],  # evaluate.load
+}
+
+
+def module_file(name: str) -> Path | None:
+    """The file of module ``mmkd.x.y`` under src/, or None for a name that is not a module (a function, a class)."""
+    base = ROOT.joinpath("src", *name.split("."))
+    for candidate in (base / "__init__.py", base.with_suffix(".py")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def mmkd_imports(path: Path) -> set[Path]:
+    """The mmkd module files that ``path`` imports anywhere (inside functions too), with their packages."""
+    names = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names += [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+    files = set()
+    for name in names:
+        parts = name.split(".")
+        if parts[0] != "mmkd":
+            continue
+        files |= {f for i in range(2, len(parts) + 1) if (f := module_file(".".join(parts[:i]))) is not None}
+    return files
+
+
+def import_closure(script: Path) -> set[str]:
+    """Every file under src/ that running ``script`` can execute: imports, entry-point plugins, files loaded by
+    path."""
+    entry_points = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"].get("entry-points", {})
+    plugins = {
+        "src/mmkd/modeling.py": [  # load_model runs the mmkd.processors plugins
+            str(module_file(target.split(":")[0]).relative_to(ROOT))
+            for target in entry_points.get("mmkd.processors", {}).values()
+        ]
+    }
+    seen: set[Path] = set()
+    todo = [script]
+    while todo:
+        current = todo.pop()
+        found = mmkd_imports(current)
+        rel = str(current.relative_to(ROOT))
+        found |= {ROOT / p for p in plugins.get(rel, []) + LOADED_AT_RUN_TIME.get(rel, [])}
+        todo += sorted(found - seen)
+        seen |= found
+    return {str(PurePosixPath(p.relative_to(ROOT))) for p in seen}
+
+
+def source_deps(stage) -> set[str]:
+    """The stage's deps under src/, directories expanded to the files in them."""
+    files = set()
+    for dep in file_deps(stage):
+        if dep.parts[0] != "src":
+            continue
+        path = ROOT / dep
+        found = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+        files |= {str(PurePosixPath(p.relative_to(ROOT))) for p in found}
+    return files
+
+
+def test_every_stage_depends_on_exactly_the_code_it_runs(stages):
+    """A change to any module a stage runs must re-run it, and a module it never runs must not (STYLE.md)."""
+    for name, stage in stages.items():
+        scripts = [ROOT / word for word in shlex.split(stage.cmd) if word.endswith(".py")]
+        needed = set().union(*(import_closure(s) for s in scripts))
+        declared = source_deps(stage)
+        assert not needed - declared, f"stage {name}: runs {sorted(needed - declared)} but does not depend on them"
+        assert not declared - needed, f"stage {name}: depends on {sorted(declared - needed)} but never runs them"
+
+
 def test_source_deps_exist(stages):
     for name, stage in stages.items():
         for path in file_deps(stage):
@@ -118,12 +196,19 @@ def test_the_default_demo_labels_with_three_teachers_and_the_third_it_bootstraps
     assert params == compose(["bootstrap=demo_three", "teachers=demo_three"], ROOT / "conf")
     models = params["bootstrap"]["demo"]["models"]
     teachers = {name: m for name, m in models.items() if m["task"] == "teacher"}
-    assert set(teachers) == set(params["teachers"]) == set(params["teacher_names"]) == {
-        "teacher_qwen",
-        "teacher_llava",
-        "teacher_third",
+    assert (
+        set(teachers)
+        == set(params["teachers"])
+        == set(params["teacher_names"])
+        == {
+            "teacher_qwen",
+            "teacher_llava",
+            "teacher_third",
+        }
+    )
+    seen_by = {
+        kind: sorted(n for n, m in teachers.items() if kind in m["sees"]) for kind in ("colour", "shape", "place")
     }
-    seen_by = {kind: sorted(n for n, m in teachers.items() if kind in m["sees"]) for kind in ("colour", "shape", "place")}
     assert all(len(names) == 2 for names in seen_by.values()), seen_by
     assert teachers["teacher_third"]["init_from"] == "teacher_qwen"
     (tmp_path / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())

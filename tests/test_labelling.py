@@ -7,20 +7,20 @@ import polars as pl
 import pytest
 
 from mmkd.answer_cache import AnswerCache
+from mmkd.demo.tiny import ARCHITECTURES
+from mmkd.inference import make_backend
+from mmkd.inference.local import LocalBackend, LocalConfig
 from mmkd.labelling import LabelTally, label_items, shard_items
 from mmkd.schema import ANSWER_SCHEMA, LABELS, items_frame, read_items
-from mmkd.teachers import make_teacher
-from mmkd.teachers.local import LocalConfig, LocalTeacher
-from mmkd.tiny import ARCHITECTURES
 
 PROMPT_VERSION = "v1"
 
 
 @pytest.fixture(scope="module")
-def teachers(tiny_models) -> dict[str, LocalTeacher]:
+def teachers(tiny_models) -> dict[str, LocalBackend]:
     # Few new tokens: the random models only need to answer something, not something sensible.
     return {
-        arch: LocalTeacher(LocalConfig(model=str(tiny_models[arch]), device="cpu", max_new_tokens=8), name=arch)
+        arch: LocalBackend(LocalConfig(model=str(tiny_models[arch]), device="cpu", max_new_tokens=8), name=arch)
         for arch in ARCHITECTURES
     }
 
@@ -88,12 +88,12 @@ def test_unknown_backend_names_the_teacher():
     with pytest.raises(
         ValueError, match=r"teacher 'big_teacher': unknown backend 'tgi'; use one of \['local', 'openai'\]"
     ):
-        make_teacher("big_teacher", {"backend": "tgi", "model": "x", "prompt_version": "v1"})
+        make_backend("big_teacher", {"backend": "tgi", "model": "x", "prompt_version": "v1"})
 
 
 def test_unknown_setting_names_the_teacher():
     with pytest.raises(ValueError, match=r"teacher 'big_teacher': bad settings for backend 'local'.*temperature"):
-        make_teacher("big_teacher", {"backend": "local", "model": "x", "prompt_version": "v1", "temperature": 0.7})
+        make_backend("big_teacher", {"backend": "local", "model": "x", "prompt_version": "v1", "temperature": 0.7})
 
 
 def test_impossible_local_settings_are_refused():
@@ -105,7 +105,7 @@ def test_local_teacher_with_a_cache_asks_each_item_once(tiny_models, world_dir, 
     """The local backend can use the answer cache too; its key holds the weights' content, not their path."""
     items = read_items(world_dir / "test.parquet").head(4)
     params = {"model": str(tiny_models["llava"]), "prompt_version": PROMPT_VERSION, "max_new_tokens": 8}
-    teacher = make_teacher("llava", params)
+    teacher = make_backend("llava", params)
     with AnswerCache(tmp_path / "llava.sqlite") as cache:
         first = label_items(teacher, items, source="llava", prompt_version=PROMPT_VERSION, cache=cache)
         assert teacher.usage.requests == 4 and len(cache) == 4
@@ -113,7 +113,7 @@ def test_local_teacher_with_a_cache_asks_each_item_once(tiny_models, world_dir, 
         again = label_items(teacher, items, source="llava", prompt_version=PROMPT_VERSION, cache=cache, tally=tally)
         assert again.equals(first)
         assert teacher.usage.requests == 4 and (tally.cache_hits, tally.sent) == (4, 0)  # nothing generated
-        longer = make_teacher("llava", params | {"max_new_tokens": 9})  # another setting: another answer
+        longer = make_backend("llava", params | {"max_new_tokens": 9})  # another setting: another answer
         label_items(longer, items.head(1), source="llava", prompt_version=PROMPT_VERSION, cache=cache)
         assert longer.usage.requests == 1 and len(cache) == 5
 
@@ -130,4 +130,4 @@ def test_shards_are_disjoint_stable_and_cover_every_item(world_dir):
 
 def test_labelling_settings_are_not_passed_to_the_backend():
     with pytest.raises(ValueError, match="teacher 'x': max_errors must be >= 0"):
-        make_teacher("x", {"model": "m", "prompt_version": "v1", "weights": "m", "cache_dir": "c", "max_errors": -1})
+        make_backend("x", {"model": "m", "prompt_version": "v1", "weights": "m", "cache_dir": "c", "max_errors": -1})

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import polars as pl
 
-from mmkd.schema import SchemaError, read_gold
+from mmkd.schema import CONFLICT_SCHEMA, PAIR_SCHEMA, SFT_ROW_SCHEMA, SchemaError, frame, read_gold
 
-UNPARSED_POLICIES = ("conflict", "ignore")
+UNPARSED_POLICIES = ("conflict", "ignore")  # split.unparsed
+STAGE1_TARGETS = ("all", "agreed", "majority")  # stage1.targets (stage1_rows)
 
 
 def answers_wide(answers: dict[str, pl.DataFrame]) -> pl.DataFrame:
@@ -72,8 +73,7 @@ def conflict_split(
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, dict]:
     """Split the training items. Returns (conflicts, sft_rows, pairs, metrics); gold is read for conflicts only.
 
-    conflicts: id, gold_label, n_agree.  sft_rows: id, source, completion.  pairs: id, chosen_source, chosen,
-    rejected_source, rejected.
+    The three tables have the schemas ``CONFLICT_SCHEMA``, ``SFT_ROW_SCHEMA`` and ``PAIR_SCHEMA`` (mmkd.schema).
     """
     teachers = sorted(answers)
     wide = find_conflicts(answers_wide(answers), teachers, unparsed)
@@ -102,12 +102,8 @@ def conflict_split(
             }
             for a, r in itertools.product(agree, others)
         ]
-    conflicts_df = pl.DataFrame(conflicts, schema={"id": pl.String, "gold_label": pl.String, "n_agree": pl.Int64})
-    sft_df = pl.DataFrame(sft, schema={"id": pl.String, "source": pl.String, "completion": pl.String})
-    pairs_df = pl.DataFrame(
-        pairs,
-        schema={k: pl.String for k in ("id", "chosen_source", "chosen", "rejected_source", "rejected")},
-    )
+    conflicts_df = frame(conflicts, CONFLICT_SCHEMA)
+    sft_df, pairs_df = frame(sft, SFT_ROW_SCHEMA), frame(pairs, PAIR_SCHEMA)
     return conflicts_df, sft_df, pairs_df, split_metrics(wide, teachers, conflicts_df, sft_df, pairs_df)
 
 
@@ -143,9 +139,6 @@ def split_metrics(
     }
 
 
-STAGE1_POLICIES = ("all", "agreed", "majority")
-
-
 def stage1_rows(answers: dict[str, pl.DataFrame], *, policy: str = "all") -> pl.DataFrame:
     """Stage-1 targets: one row per kept parsed teacher answer (id, source, completion).
 
@@ -156,8 +149,8 @@ def stage1_rows(answers: dict[str, pl.DataFrame], *, policy: str = "all") -> pl.
     no strict majority (a tie, e.g. two teachers that disagree) keeps all its parsed answers, as under ``all``. With
     two teachers this is ``all``; with three, a 2-1 item keeps the two agreeing answers. No gold label is read.
     """
-    if policy not in STAGE1_POLICIES:
-        raise ValueError(f"stage1.targets must be one of {STAGE1_POLICIES}, got {policy!r}")
+    if policy not in STAGE1_TARGETS:
+        raise ValueError(f"stage1.targets must be one of {STAGE1_TARGETS}, got {policy!r}")
     teachers = sorted(answers)
     frames = [
         answers[t]

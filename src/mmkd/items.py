@@ -31,3 +31,12 @@ def check_caption(item_id: str, caption: str | None) -> str:
     if caption is None or not caption.strip():
         raise BadItem(f"item {item_id!r}: caption is empty; give the item a caption or remove it")
     return caption
+
+
+MIN_IMAGE_PIXELS = 28 * 28  # the smallest image any supported family can take (one merged Qwen2-VL patch)
+
+
+def check_max_image_pixels(value: int | None) -> None:
+    """Refuse an image cap (``max_image_pixels``) below what any supported model family can take."""
+    if value is not None and value < MIN_IMAGE_PIXELS:
+        raise ValueError(f"max_image_pixels must be null or >= {MIN_IMAGE_PIXELS} (28x28 pixels), got {value}")

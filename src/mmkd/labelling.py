@@ -17,11 +17,11 @@ import polars as pl
 from tqdm.auto import tqdm
 
 from mmkd.answer_cache import AnswerCache, CachedAnswer, answer_key, file_sha256
+from mmkd.inference.base import InferenceBackend, InferenceReply, InferenceRequest
 from mmkd.items import BadItem, check_caption, load_image
 from mmkd.parsing import parse_answer
 from mmkd.prompts import get_prompt
 from mmkd.schema import answers_frame
-from mmkd.teachers.base import TeacherBackend, TeacherReply, TeacherRequest
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class LabelTally:
         self.answer_completion_tokens += completion_tokens or 0
 
 
-def build_requests(items: pl.DataFrame, prompt_version: str) -> tuple[list[TeacherRequest], list[dict]]:
+def build_requests(items: pl.DataFrame, prompt_version: str) -> tuple[list[InferenceRequest], list[dict]]:
     """Render a request per usable item; return the requests and the ``skipped`` answer rows for bad items."""
     template = get_prompt(prompt_version)
     requests, skipped = [], []
@@ -59,7 +59,7 @@ def build_requests(items: pl.DataFrame, prompt_version: str) -> tuple[list[Teach
             skipped.append({"id": row["id"], "status": "skipped", "error": str(exc)})
             continue
         prompt = template.render(caption, row.get("evidence_entities"), row.get("evidence_captions"))
-        requests.append(TeacherRequest(item_id=row["id"], image=image, prompt=prompt, image_path=row["image_path"]))
+        requests.append(InferenceRequest(item_id=row["id"], image=image, prompt=prompt, image_path=row["image_path"]))
     return requests, skipped
 
 
@@ -72,7 +72,7 @@ def shard_items(items: pl.DataFrame, index: int, count: int) -> pl.DataFrame:
 
 
 def label_items(
-    backend: TeacherBackend,
+    backend: InferenceBackend,
     items: pl.DataFrame,
     *,
     source: str,
@@ -93,7 +93,7 @@ def label_items(
     bar = tqdm(total=len(items), desc=source, unit="item", dynamic_ncols=True, disable=len(items) == 0)
     keys: dict[str, str] = {}
 
-    def on_reply(reply: TeacherReply) -> None:
+    def on_reply(reply: InferenceReply) -> None:
         rows[reply.item_id] = _answer_row(reply)
         if reply.error is not None:
             tally.errors += 1
@@ -121,7 +121,7 @@ def label_items(
                 found = cache.get_many(keys.values())
                 for r in requests:
                     if (hit := found.get(keys[r.item_id])) is not None:
-                        rows[r.item_id] = _answer_row(TeacherReply(item_id=r.item_id, text=hit.text))
+                        rows[r.item_id] = _answer_row(InferenceReply(item_id=r.item_id, text=hit.text))
                         tally.count_tokens(hit.prompt_tokens, hit.completion_tokens)
                         tally.cache_hits += 1
                         bar.update(1)
@@ -138,7 +138,7 @@ def label_items(
     return answers
 
 
-def teacher_metrics(backend: TeacherBackend, tally: LabelTally, wall_time_s: float) -> dict:
+def teacher_metrics(backend: InferenceBackend, tally: LabelTally, wall_time_s: float) -> dict:
     """Accounting of one labelling run, for ``metrics/teachers/<teacher>.json``.
 
     ``requests`` counts HTTP requests (retries included) or, for a local model, items generated; ``cost`` is set
@@ -175,7 +175,7 @@ def teacher_metrics(backend: TeacherBackend, tally: LabelTally, wall_time_s: flo
     }
 
 
-def _answer_row(reply: TeacherReply) -> dict:
+def _answer_row(reply: InferenceReply) -> dict:
     if reply.error is not None:
         return {"id": reply.item_id, "status": "error", "error": reply.error, "raw_text": reply.text}
     parsed = parse_answer(reply.text)

@@ -6,6 +6,8 @@ own chat template. The tiny demo models go through exactly the same calls.
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -15,13 +17,22 @@ from PIL import Image
 from tqdm.auto import tqdm
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-import mmkd.processors  # noqa: F401  (registers the image-only Qwen2-VL and InternVL processors)
+# Entry-point group of functions that register extra ``AutoProcessor`` classes before a model is loaded. mmkd's demo
+# registers its image-only Qwen2-VL / InternVL processors here (pyproject.toml), so this loader never imports it.
+PROCESSOR_PLUGINS = "mmkd.processors"
 
 # Written next to every adapter mmkd saves: which base model it belongs to and which adapter (if any) must be
 # merged into the base first. This is how a Stage-2 adapter (trained on top of merged Stage 1) is found again.
 ADAPTER_INFO = "mmkd_adapter.json"
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@functools.cache
+def register_processor_plugins() -> None:
+    """Run every function registered under the ``mmkd.processors`` entry point, once per process."""
+    for entry_point in importlib.metadata.entry_points(group=PROCESSOR_PLUGINS):
+        entry_point.load()()
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -56,6 +67,7 @@ def load_model(
     model = AutoModelForImageTextToText.from_pretrained(str(path), **kwargs)
     if not device_map:
         model.to(resolve_device(device))
+    register_processor_plugins()
     processor = AutoProcessor.from_pretrained(str(path))
     if max_image_pixels is not None:
         cap_image_pixels(model, processor, max_image_pixels)

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import polars as pl
 
+from mmkd.inference.local import LocalBackend, LocalConfig
 from mmkd.labelling import label_items
 from mmkd.schema import SchemaError, conform_items, read_items
-from mmkd.teachers.local import LocalConfig, LocalTeacher
 
 DEFAULT_PROMPT_VERSION = "v1"  # for a bare base model, or an adapter saved before adapters recorded it
 
@@ -31,7 +31,7 @@ def load_predictor(
     from mmkd.modeling import adapter_chain
 
     base = base or adapter_chain(adapter)[0]
-    return LocalTeacher(
+    return LocalBackend(
         LocalConfig(model=base, adapter=adapter, batch_size=batch_size, max_new_tokens=max_new_tokens, dtype=dtype),
         name="student",
     )
@@ -53,6 +53,6 @@ def read_item_file(path: str | Path) -> pl.DataFrame:
     raise SchemaError(f"{path}: unsupported item file; use .parquet or .jsonl")
 
 
-def predict_items(predictor: LocalTeacher, items: pl.DataFrame, prompt_version: str) -> pl.DataFrame:
+def predict_items(predictor: LocalBackend, items: pl.DataFrame, prompt_version: str) -> pl.DataFrame:
     """Answers (answers schema) of the student to every item."""
     return label_items(predictor, items, source="student", prompt_version=prompt_version)

@@ -1,4 +1,5 @@
-"""The one definition of every table that flows between stages: news items, gold labels and model answers.
+"""The one definition of every table that flows between stages: news items, gold labels, model answers, and the
+conflict split's tables (conflicts, Stage-2 SFT rows, DPO pairs). Each has a validating reader.
 
 Gold labels live in their own file (``<split>.gold.parquet``) beside the items (``<split>.parquet``), so the DVC
 graph itself shows which stages can see them: only ``split`` (conflict items only) and ``evaluate`` (test).
@@ -43,6 +44,26 @@ ANSWER_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
+# The conflict split (``split`` writes them, ``stage2`` reads them; see mmkd.conflict).
+CONFLICT_SCHEMA: dict[str, pl.DataType] = {
+    "id": pl.String(),
+    "gold_label": pl.String(),  # the only gold labels of train the pipeline reads
+    "n_agree": pl.Int64(),  # how many teachers' labels match gold (0: no `chosen` answer)
+}
+SFT_ROW_SCHEMA: dict[str, pl.DataType] = {
+    "id": pl.String(),
+    "source": pl.String(),  # the teacher whose answer is the target
+    "completion": pl.String(),  # its raw answer text
+}
+PAIR_SCHEMA: dict[str, pl.DataType] = {
+    "id": pl.String(),
+    "chosen_source": pl.String(),  # a teacher whose label matches gold
+    "chosen": pl.String(),
+    "rejected_source": pl.String(),  # a teacher whose label does not (or did not parse)
+    "rejected": pl.String(),
+}
+
+
 class SchemaError(ValueError):
     """A table on disk does not have the columns or values a stage needs."""
 
@@ -54,7 +75,11 @@ def gold_path(items_path: str | Path) -> Path:
 
 
 def _conform(
-    df: pl.DataFrame, schema: dict[str, pl.DataType], path: Path, optional: tuple[str, ...] = ()
+    df: pl.DataFrame,
+    schema: dict[str, pl.DataType],
+    path: Path,
+    optional: tuple[str, ...] = (),
+    unique_ids: bool = True,
 ) -> pl.DataFrame:
     missing = [c for c in schema if c not in df.columns and c not in optional]
     if missing:
@@ -66,7 +91,7 @@ def _conform(
         df = df.select([pl.col(c).cast(t) for c, t in schema.items()])
     except pl.exceptions.PolarsError as exc:
         raise SchemaError(f"{path}: a column has the wrong type ({exc}); expected {schema}") from exc
-    dupes = df.filter(pl.col("id").is_duplicated())["id"].unique().to_list()
+    dupes = df.filter(pl.col("id").is_duplicated())["id"].unique().to_list() if unique_ids else []
     if dupes:
         raise SchemaError(f"{path}: duplicate item id(s) {dupes[:5]}; ids must be unique")
     return df
@@ -103,6 +128,41 @@ def read_answers(path: str | Path) -> pl.DataFrame:
     """Read and validate a table of answers."""
     path = Path(path)
     return _conform(pl.read_parquet(path), ANSWER_SCHEMA, path)
+
+
+def read_conflicts(path: str | Path) -> pl.DataFrame:
+    """Read and validate the conflict set (one row per conflict item, with its gold label)."""
+    path = Path(path)
+    df = _conform(pl.read_parquet(path), CONFLICT_SCHEMA, path)
+    bad = df.filter(~pl.col("gold_label").is_in(LABELS))
+    if len(bad):
+        raise SchemaError(f"{path}: item {bad['id'][0]!r} has gold_label {bad['gold_label'][0]!r}; re-run split")
+    return df
+
+
+def _read_rows(path: str | Path, schema: dict[str, pl.DataType], text_columns: tuple[str, ...]) -> pl.DataFrame:
+    path = Path(path)
+    df = _conform(pl.read_parquet(path), schema, path, unique_ids=False)  # an item has a row per teacher (pair)
+    for col in text_columns:
+        empty = df.filter(pl.col(col).is_null() | (pl.col(col).str.strip_chars() == ""))
+        if len(empty):
+            raise SchemaError(f"{path}: item {empty['id'][0]!r} has an empty {col!r}; re-run split")
+    return df
+
+
+def read_sft_rows(path: str | Path) -> pl.DataFrame:
+    """Read and validate Stage-2 SFT rows (one per conflict item and gold-matching teacher)."""
+    return _read_rows(path, SFT_ROW_SCHEMA, ("completion",))
+
+
+def read_pairs(path: str | Path) -> pl.DataFrame:
+    """Read and validate Stage-2 DPO pairs (one per conflict item and (gold-matching, other) teacher pair)."""
+    return _read_rows(path, PAIR_SCHEMA, ("chosen", "rejected"))
+
+
+def frame(rows: list[dict], schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    """Build a table with an exact schema (also when ``rows`` is empty)."""
+    return pl.DataFrame(rows, schema=schema)
 
 
 def answers_frame(rows: list[dict]) -> pl.DataFrame:

@@ -6,7 +6,6 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-import mmkd.processors  # noqa: F401
 from mmkd.demo.bootstrap import (
     DESCRIBE_PROMPT,
     BootstrapGroup,
@@ -209,7 +208,7 @@ def test_corpus_covers_every_target_format():
     assert any("Caption: " in t for t in texts)
 
 
-TINY_TRAIN = {"max_steps": 2, "batch_size": 8, "logging_steps": 1, "logprob_head": "full"}
+TINY_TRAIN = {"max_steps": 2, "batch_size": 8, "logging_steps": 1}
 
 
 def _group(jobs: int, **extra_models) -> BootstrapGroup:
@@ -218,7 +217,7 @@ def _group(jobs: int, **extra_models) -> BootstrapGroup:
         "base": {"arch": "llava", "task": "base", "seed": 3, "train": TINY_TRAIN},
         **extra_models,
     }
-    return BootstrapGroup(models=models, jobs=jobs, threads=1)
+    return BootstrapGroup(models=models, jobs=jobs, threads=1, cpu_speedups={"logprob_head": "full"})
 
 
 def test_a_group_trained_side_by_side_gives_the_models_trained_one_after_the_other(world, tmp_path):

@@ -10,11 +10,12 @@ import pytest
 import torch
 from trl import SFTConfig, SFTTrainer
 
+from mmkd.demo.tiny import ARCHITECTURES
 from mmkd.modeling import load_model
-from mmkd.tiny import ARCHITECTURES
 from mmkd.training import trainers
-from mmkd.training.collate import CachedCollator
-from mmkd.training.config import DPOSettings, TrainSettings
+from mmkd.training.config import TrainSettings
+from mmkd.training.cpu_speedups import CpuSpeedups
+from mmkd.training.cpu_speedups.collate import CachedCollator
 
 
 def _trl_collator(model, processor, rows):
@@ -57,12 +58,19 @@ def test_sft_trains_to_the_same_weights_with_the_cache(tiny_models, sft_rows, tm
     from the cache: the weights are the same as with TRL's collator."""
     weights = {}
     for cached in (False, True):
-        settings = TrainSettings(
-            max_steps=16, batch_size=5, learning_rate=1e-2, logging_steps=4, cache_collated=cached
-        )
+        settings = TrainSettings(max_steps=16, batch_size=5, learning_rate=1e-2, logging_steps=4)
         torch.manual_seed(0)
         model, processor = load_model(tiny_models["qwen2_vl"], device="cpu")
-        model = trainers.train_sft(model, processor, sft_rows, settings, lora=None, seed=0, live_dir=tmp_path / str(cached))
+        model = trainers.train_sft(
+            model,
+            processor,
+            sft_rows,
+            settings,
+            lora=None,
+            seed=0,
+            live_dir=tmp_path / str(cached),
+            speedups=CpuSpeedups(cache_collated=cached),
+        )
         weights[cached] = {n: p.detach().clone() for n, p in model.named_parameters()}
     initial = load_model(tiny_models["qwen2_vl"], device="cpu")[0].state_dict()
     assert any(not torch.equal(weights[True][n], initial[n]) for n in weights[True]), "training changed nothing"
@@ -71,7 +79,7 @@ def test_sft_trains_to_the_same_weights_with_the_cache(tiny_models, sft_rows, tm
 
 
 def test_misuse_is_refused_with_a_message():
-    with pytest.raises(ValueError, match="cache_collated is an SFT setting"):
-        DPOSettings(cache_collated=True)
+    with pytest.raises(ValueError, match="cache_collated must be true or false, got 'yes'"):
+        CpuSpeedups(cache_collated="yes")
     with pytest.raises(KeyError, match="needs a '_row' column"):
         CachedCollator(lambda batch: batch, pad_token_id=0, examples=[])([{"prompt": [], "images": []}])

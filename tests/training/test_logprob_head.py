@@ -11,7 +11,8 @@ from trl.trainer import utils as trl_utils
 
 from mmkd.training import trainers
 from mmkd.training.config import DPOSettings, TrainSettings
-from mmkd.training.logprob_head import FullLogitsLogProb, logprob_head
+from mmkd.training.cpu_speedups import CpuSpeedups
+from mmkd.training.cpu_speedups.logprob_head import FullLogitsLogProb, logprob_head
 
 OUTPUTS = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
 
@@ -73,7 +74,10 @@ def test_the_swap_lasts_for_the_block_only_and_bad_values_are_refused():
         raise RuntimeError("boom")
     assert trl_utils._ChunkedLogProbFunction is original
     with pytest.raises(ValueError, match=r"logprob_head must be one of \('chunked', 'full'\), got 'fast'"):
-        TrainSettings(logprob_head="fast")
+        CpuSpeedups(logprob_head="fast")
+    with pytest.raises(ValueError, match=r"logprob_head must be one of \('chunked', 'full'\), got 'fast'"):
+        with logprob_head("fast"):
+            pass
 
 
 def test_a_trl_without_the_kernel_gets_a_message_that_names_the_fix(monkeypatch):
@@ -84,12 +88,17 @@ def test_a_trl_without_the_kernel_gets_a_message_that_names_the_fix(monkeypatch)
 
 def _train(kind: str, model_dir, rows: pl.DataFrame, pairs: pl.DataFrame, tmp_path, calls: list[str]):
     """SFT 3 steps then DPO 2 steps of the tiny model, in float32 from one seed; returns the weights and the calls."""
-    sft = TrainSettings(max_steps=3, batch_size=4, learning_rate=1e-2, logging_steps=1, logprob_head=kind)
-    dpo = DPOSettings(max_steps=2, batch_size=4, learning_rate=1e-2, logging_steps=1, logprob_head=kind)
+    sft = TrainSettings(max_steps=3, batch_size=4, learning_rate=1e-2, logging_steps=1)
+    dpo = DPOSettings(max_steps=2, batch_size=4, learning_rate=1e-2, logging_steps=1)
+    speedups = CpuSpeedups(logprob_head=kind)
     torch.manual_seed(0)
     model, processor = trainers.load_model(model_dir, device="cpu")
-    model = trainers.train_sft(model, processor, rows, sft, lora=None, seed=0, live_dir=tmp_path / kind / "sft")
-    model = trainers.train_dpo(model, processor, pairs, dpo, seed=0, live_dir=tmp_path / kind / "dpo")
+    model = trainers.train_sft(
+        model, processor, rows, sft, lora=None, seed=0, live_dir=tmp_path / kind / "sft", speedups=speedups
+    )
+    model = trainers.train_dpo(
+        model, processor, pairs, dpo, seed=0, live_dir=tmp_path / kind / "dpo", speedups=speedups
+    )
     return {n: p.detach().clone() for n, p in model.named_parameters()}, list(calls)
 
 

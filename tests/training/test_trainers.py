@@ -14,8 +14,8 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoProcessor
 
+from mmkd.demo.tiny import ARCHITECTURES
 from mmkd.modeling import ADAPTER_INFO, adapter_chain, generate, load_model, load_student, user_turn
-from mmkd.tiny import ARCHITECTURES
 from mmkd.training.config import DPOSettings, LoraSettings, Stage2Settings, TrainSettings, from_params
 from mmkd.training.trainers import check_dpo_length, run_stage1, run_stage2
 
@@ -217,7 +217,7 @@ def test_dpo_max_length_shorter_than_an_item_is_refused(tiny_models, stage2_data
         (lambda: from_params(TrainSettings, {"lr": 1e-3}), r"TrainSettings: unknown setting\(s\) \['lr'\]"),
         (
             lambda: from_params(Stage2Settings, {"dpo": {"betta": 0.2}}),
-            r"DPOSettings: unknown setting\(s\) \['betta'\]",
+            r"Stage2Settings.dpo: unknown setting\(s\) \['betta'\]",
         ),
         (lambda: from_params(Stage2Settings, {"sft": {"batch_size": 0}}), "batch_size and grad_accum must be >= 1"),
         (lambda: TrainSettings(max_image_pixels=100), r"max_image_pixels must be null or >= 784"),

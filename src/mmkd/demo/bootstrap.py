@@ -43,13 +43,14 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from mmkd.demo.tiny import build_tiny
 from mmkd.demo.world import ATTRIBUTES, COLOURS, PLACES, SHAPES, TEMPLATES, VALUES
 from mmkd.modeling import load_model
 from mmkd.parsing import format_answer
 from mmkd.prompts import PROMPTS
 from mmkd.schema import FALSIFIED, PRISTINE, read_items
-from mmkd.tiny import build_tiny
 from mmkd.training.config import TrainSettings
+from mmkd.training.cpu_speedups import CpuSpeedups
 from mmkd.training.trainers import train_sft
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ def perceived(view: dict, confusions: list[Confusion], truth: dict | None = None
 class BootstrapSettings:
     """How to build and pre-train one demo model."""
 
-    arch: str = "qwen2_vl"  # qwen2_vl or llava (see mmkd.tiny)
+    arch: str = "qwen2_vl"  # qwen2_vl or llava (see mmkd.demo.tiny)
     task: str = "teacher"  # teacher: out-of-context answers; base: describe, read, compare (the student base)
     sees: list[str] = field(default_factory=lambda: list(ATTRIBUTES))  # teacher: attribute kinds it can see
     unseen_fraction: float = 0.0  # teacher: share of unseen-kind negatives trained truthfully (0 = fully blind)
@@ -242,6 +243,7 @@ def bootstrap_model(
     settings: BootstrapSettings,
     live_dir: str | Path,
     init_dir: str | Path | None = None,
+    speedups: CpuSpeedups | None = None,
 ) -> Path:
     """Build a tiny model from config (or copy the trained model in ``init_dir``, for ``settings.init_from``) and
     pre-train it on the world's ``bootstrap`` split; save it to ``out_dir``."""
@@ -271,7 +273,9 @@ def bootstrap_model(
             seed=settings.seed,
         )
     model, processor = load_model(out_dir, device="cpu")
-    model = train_sft(model, processor, rows, settings.train, lora=None, seed=settings.seed, live_dir=live_dir)
+    model = train_sft(
+        model, processor, rows, settings.train, lora=None, seed=settings.seed, live_dir=live_dir, speedups=speedups
+    )
     model.save_pretrained(out_dir, safe_serialization=True)
     return Path(out_dir)
 
@@ -290,8 +294,11 @@ class BootstrapGroup:
     models: dict[str, BootstrapSettings]
     jobs: int = 1
     threads: int | None = None
+    cpu_speedups: CpuSpeedups = field(default_factory=CpuSpeedups)  # for every model of the group
 
     def __post_init__(self):
+        if isinstance(self.cpu_speedups, dict):
+            self.cpu_speedups = CpuSpeedups(**self.cpu_speedups)
         self.models = {
             k: v if isinstance(v, BootstrapSettings) else BootstrapSettings(**v) for k, v in self.models.items()
         }
@@ -342,7 +349,14 @@ class BootstrapGroup:
 
 
 def _bootstrap_one(
-    name: str, world_dir: str, out_dir: str, settings: dict, live_dir: str, threads: int, init_dir: str | None
+    name: str,
+    world_dir: str,
+    out_dir: str,
+    settings: dict,
+    live_dir: str,
+    threads: int,
+    init_dir: str | None,
+    speedups: dict,
 ) -> float:
     """One model in a worker process: the same seeding and training as in-process; returns seconds taken."""
     import torch
@@ -354,7 +368,9 @@ def _bootstrap_one(
     settings = BootstrapSettings(**settings)
     seed_everything(settings.seed)
     start = time.perf_counter()
-    bootstrap_model(name, world_dir, out_dir, settings, live_dir=live_dir, init_dir=init_dir)
+    bootstrap_model(
+        name, world_dir, out_dir, settings, live_dir=live_dir, init_dir=init_dir, speedups=CpuSpeedups(**speedups)
+    )
     return time.perf_counter() - start
 
 
@@ -402,7 +418,7 @@ def _run_in_order(group: BootstrapGroup, pool, world_dir, out_root, live_root, t
             elif parent is None or parent in done:
                 init_dir = None if parent is None else str(Path(out_root, parent))
                 args = (name, str(world_dir), str(Path(out_root, name)), asdict(settings), str(Path(live_root, name)))
-                running[pool.submit(_bootstrap_one, *args, threads, init_dir)] = name
+                running[pool.submit(_bootstrap_one, *args, threads, init_dir, asdict(group.cpu_speedups))] = name
             else:
                 continue
             del waiting[name]

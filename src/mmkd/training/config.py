@@ -1,9 +1,18 @@
-"""Typed, documented training settings. Each field is a pipeline param (see params.yaml); defaults are ours, the
-paper publishes none."""
+"""Typed, documented training settings: the ``stage1`` and ``stage2`` params (and each demo model's ``train``).
+
+Every field is a pipeline param with a one-line docstring under it (docs/config.md lists them all). The paper
+publishes no training settings, so the defaults are ours; the profiles in conf/stage1 and conf/stage2 set the
+values a run uses, and docs/demo.md and docs/paper_scale.md say how they were chosen.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import get_type_hints
+
+from mmkd.conflict import STAGE1_TARGETS
+from mmkd.items import check_max_image_pixels
+from mmkd.training.cpu_speedups import CpuSpeedups
 
 # LoRA on the language model only (the vision tower and projector stay frozen), on every attention and MLP
 # projection. The regex is matched against full module names (``model.language_model.layers.0.self_attn.q_proj``),
@@ -11,23 +20,23 @@ from dataclasses import dataclass, field
 # InternViT towers have q/k/v projections of the same names (tests/test_architectures.py checks both).
 LANGUAGE_MODEL_PROJECTIONS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
-LOGPROB_HEADS = ("chunked", "full")  # see mmkd.training.logprob_head
-
-MIN_IMAGE_PIXELS = 28 * 28  # the smallest image any supported family can take (one merged Qwen2-VL patch)
-
 
 @dataclass
 class LoraSettings:
     """PEFT LoRA settings."""
 
     r: int = 16
+    """LoRA rank."""
     alpha: int = 32
+    """LoRA scaling numerator (the update is scaled by alpha / r)."""
     dropout: float = 0.05
-    target_modules: str | list[str] = LANGUAGE_MODEL_PROJECTIONS  # a regex, or a list of module-name suffixes
-    # Modules trained in full beside the LoRA (PEFT ``modules_to_save``), e.g. ["lm_head"]. Empty for real models,
-    # whose output layer already knows every word; the demo's tiny student base has never written the answer
-    # format's words, and LoRA alone cannot raise their logits far enough (measured: loss stalls near 1.9).
+    """Dropout on the LoRA input."""
+    target_modules: str | list[str] = LANGUAGE_MODEL_PROJECTIONS
+    """A regex over full module names, or a list of module-name suffixes; the default is the language model's
+    attention and MLP projections."""
     modules_to_save: list[str] = field(default_factory=list)
+    """Modules trained in full beside the LoRA (PEFT ``modules_to_save``), e.g. ``[lm_head]``; empty for pretrained
+    students, whose output layer already knows every word."""
 
     def __post_init__(self):
         if self.r < 1:
@@ -40,51 +49,51 @@ class LoraSettings:
 class TrainSettings:
     """Optimiser and loop settings shared by SFT and DPO (TRL/transformers names where they exist).
 
-    The defaults are the CPU demo's. The GPU settings (``bf16``, ``tf32``, ``gradient_checkpointing``,
-    ``max_image_pixels``) are off/unset by default and turned on in the paper-scale profiles (conf/*/paper.yaml,
-    docs/paper_scale.md). The effective batch is ``batch_size * grad_accum * number of GPUs``.
+    Where a default differs from TRL's, the field says so. The effective batch is ``batch_size * grad_accum *
+    number of GPUs``.
     """
 
     epochs: float = 1.0
-    max_steps: int = -1  # > 0 overrides epochs
+    """Passes over the training rows (ignored when ``max_steps > 0``)."""
+    max_steps: int = -1
+    """Optimiser steps; > 0 overrides ``epochs``."""
     learning_rate: float = 2e-4
-    batch_size: int = 8  # per device (transformers' per_device_train_batch_size)
-    grad_accum: int = 1  # optimiser step every grad_accum batches
+    """Peak learning rate."""
+    batch_size: int = 8
+    """Rows per device per forward pass (transformers' ``per_device_train_batch_size``)."""
+    grad_accum: int = 1
+    """Forward passes per optimiser step."""
     lr_scheduler: str = "cosine"
-    warmup_steps: float = 0.0  # steps, or a fraction of all steps when < 1
+    """A transformers scheduler name (``cosine``, ``linear``, ``constant``, ...)."""
+    warmup_steps: float = 0.0
+    """Warm-up steps, or a fraction of all steps when < 1."""
     weight_decay: float = 0.0
+    """AdamW weight decay."""
     max_grad_norm: float = 1.0
+    """Gradient clipping norm."""
     logging_steps: int = 5
-    bf16: bool = False  # TRL defaults to True, which fails on CPU; turn on for GPU runs (needs a bf16 GPU)
-    tf32: bool | None = None  # None: leave torch's setting; True: TF32 matmuls for what is left in fp32 (Ampere+)
-    gradient_checkpointing: bool = False  # TRL defaults to True; on for large models, off for tiny ones
-    max_length: int | None = None  # None: never truncate (a too-short max_length silently trains nothing in DPO)
-    # Cap on the pixels of one image as the processor sees it, so on its image tokens (mmkd.modeling.cap_image_pixels
-    # says how each model family applies it). None: the processor's own default. Recorded in the adapter, so
-    # evaluation and `mmkd predict` use the same resolution.
+    """Log loss and learning rate every this many steps (dvclive)."""
+    bf16: bool = False
+    """bfloat16 mixed precision. TRL defaults to true, which fails on a CPU; the paper profiles turn it on."""
+    tf32: bool | None = None
+    """TF32 matmuls for what stays in fp32 (Ampere+ GPUs); null leaves torch's setting."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (TRL defaults to true); on for large models, off for tiny ones."""
+    max_length: int | None = None
+    """Truncate rows to this many tokens; null never truncates (a DPO value shorter than prompt + response would
+    train nothing, so it is refused)."""
     max_image_pixels: int | None = None
-    # How per-token log-probabilities are computed (mmkd.training.logprob_head): "chunked" is TRL's fused LM head,
-    # which never builds the logits (what a large vocabulary on a GPU needs); "full" builds them, 2-4x faster on
-    # a CPU for a small vocabulary (the demo profiles use it). Same loss and gradients either way.
-    logprob_head: str = "chunked"
-    # SFT only: collate each example once (TRL's collator) and pad later batches from the cache
-    # (mmkd.training.collate). Same batches, so the same weights; it keeps every example's pixels in memory, which a
-    # tiny demo model affords (a quarter of its step is collation) and a real model's data does not. DPO: false.
-    cache_collated: bool = False
+    """Cap on one image's pixels, so on its image tokens (``mmkd.modeling.cap_image_pixels``); null: the
+    processor's default. Recorded in the adapter, so evaluation and ``mmkd predict`` use it too."""
 
     def __post_init__(self):
-        if self.logprob_head not in LOGPROB_HEADS:
-            raise ValueError(f"logprob_head must be one of {LOGPROB_HEADS}, got {self.logprob_head!r}")
         if self.batch_size < 1 or self.grad_accum < 1:
             raise ValueError(f"batch_size and grad_accum must be >= 1, got {self.batch_size}, {self.grad_accum}")
         if self.max_steps <= 0 and self.epochs <= 0:
             raise ValueError("set epochs > 0 or max_steps > 0")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
-        if self.max_image_pixels is not None and self.max_image_pixels < MIN_IMAGE_PIXELS:
-            raise ValueError(
-                f"max_image_pixels must be null or >= {MIN_IMAGE_PIXELS} (28x28 pixels), got {self.max_image_pixels}"
-            )
+        check_max_image_pixels(self.max_image_pixels)
 
     def check_hardware(self) -> None:
         """Refuse settings this machine cannot run, before any model is loaded (TRL fails later and less clearly)."""
@@ -104,14 +113,33 @@ class DPOSettings(TrainSettings):
     """DPO settings: ``TrainSettings`` plus the DPO temperature."""
 
     beta: float = 0.1
-    learning_rate: float = 5e-5  # DPO wants a smaller step than SFT
+    """DPO temperature: how far the policy may move from the reference."""
+    learning_rate: float = 5e-5
+    """Peak learning rate (smaller than SFT's: DPO wants a smaller step)."""
 
     def __post_init__(self):
         super().__post_init__()
-        if self.cache_collated:
-            raise ValueError("cache_collated is an SFT setting; DPO collates on the fly: set dpo.cache_collated: false")
         if self.beta <= 0:
             raise ValueError(f"dpo.beta must be > 0, got {self.beta}")
+
+
+@dataclass
+class Stage1Settings:
+    """Stage 1: LoRA SFT of the student base on the teachers' answers to every training item."""
+
+    targets: str = "all"
+    """Which teacher answers are targets: ``all`` (every parsed answer), ``agreed`` (items all teachers agree on),
+    ``majority`` (the answers that carry an item's strict majority label; all of them on a tie)."""
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    """The Stage-1 LoRA."""
+    train: TrainSettings = field(default_factory=TrainSettings)
+    """The Stage-1 SFT loop."""
+    cpu_speedups: CpuSpeedups = field(default_factory=CpuSpeedups)
+    """Optional CPU speed-ups for tiny models (mmkd.training.cpu_speedups); off unless set."""
+
+    def __post_init__(self):
+        if self.targets not in STAGE1_TARGETS:
+            raise ValueError(f"stage1.targets must be one of {STAGE1_TARGETS}, got {self.targets!r}")
 
 
 @dataclass
@@ -119,10 +147,17 @@ class Stage2Settings:
     """Stage 2: a fresh LoRA on the merged Stage-1 model, first SFT on the gold-agreeing answers, then DPO."""
 
     lora: LoraSettings = field(default_factory=LoraSettings)
+    """The Stage-2 LoRA (one adapter, trained by SFT then DPO)."""
     sft: TrainSettings = field(default_factory=TrainSettings)
+    """The SFT loop on the teachers' answers that match gold."""
     dpo: DPOSettings = field(default_factory=DPOSettings)
+    """The DPO loop on (gold-matching, other) answer pairs."""
     run_sft: bool = True
+    """Run the SFT phase."""
     run_dpo: bool = True
+    """Run the DPO phase."""
+    cpu_speedups: CpuSpeedups = field(default_factory=CpuSpeedups)
+    """Optional CPU speed-ups for tiny models (``cache_collated`` applies to SFT only); off unless set."""
 
     def __post_init__(self):
         caps = (self.sft.max_image_pixels, self.dpo.max_image_pixels)
@@ -138,18 +173,17 @@ class Stage2Settings:
         return self.sft.max_image_pixels or self.dpo.max_image_pixels
 
 
-def from_params(cls, params: dict | None):
-    """Build a settings dataclass from a params mapping, with an error that names the unknown key."""
+def from_params(cls, params: dict | None, where: str | None = None):
+    """Build a settings dataclass from a params mapping, nested settings included, with an error that names the
+    unknown key and where it is (``where``, e.g. ``stage2.dpo``)."""
+    where = where or cls.__name__
     params = dict(params or {})
-    known = cls.__dataclass_fields__
+    known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(params) - set(known))
     if unknown:
-        raise ValueError(f"{cls.__name__}: unknown setting(s) {unknown}; known: {sorted(known)}")
-    if cls is Stage2Settings:
-        params = {
-            "lora": from_params(LoraSettings, params.get("lora")),
-            "sft": from_params(TrainSettings, params.get("sft")),
-            "dpo": from_params(DPOSettings, params.get("dpo")),
-            **{k: v for k, v in params.items() if k not in ("lora", "sft", "dpo")},
-        }
+        raise ValueError(f"{where}: unknown setting(s) {unknown}; known: {sorted(known)}")
+    hints = get_type_hints(cls)
+    for name, value in params.items():
+        if is_dataclass(hints[name]) and not is_dataclass(value):
+            params[name] = from_params(hints[name], value, f"{where}.{name}")
     return cls(**params)

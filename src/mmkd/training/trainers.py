@@ -24,9 +24,10 @@ from transformers.integrations import DVCLiveCallback
 from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
 from mmkd.modeling import adapter_info, assistant_turn, load_model, load_student, user_turn, write_adapter_info
-from mmkd.training.collate import ROW_KEY, CachedCollator
 from mmkd.training.config import DPOSettings, LoraSettings, Stage2Settings, TrainSettings
-from mmkd.training.logprob_head import logprob_head
+from mmkd.training.cpu_speedups import CpuSpeedups
+from mmkd.training.cpu_speedups.collate import ROW_KEY, CachedCollator
+from mmkd.training.cpu_speedups.logprob_head import logprob_head
 
 log = logging.getLogger(__name__)
 
@@ -128,15 +129,18 @@ def train_sft(
     seed: int,
     live_dir,
     callbacks: Sequence[TrainerCallback] = (),
+    speedups: CpuSpeedups | None = None,
 ):
     """Run TRL SFT (loss on the completion only); wraps ``model`` in a new LoRA when ``lora`` is given.
 
-    ``callbacks`` are extra transformers callbacks (e.g. the GPU benchmark's step timer)."""
-    with tempfile.TemporaryDirectory() as tmp, logprob_head(settings.logprob_head):
+    ``callbacks`` are extra transformers callbacks (e.g. the GPU benchmark's step timer); ``speedups`` the optional
+    CPU speed-ups for tiny models (off by default)."""
+    speedups = speedups or CpuSpeedups()
+    with tempfile.TemporaryDirectory() as tmp, logprob_head(speedups.logprob_head):
         trainer = SFTTrainer(
             model=model,
             args=_args(SFTConfig, settings, tmp, seed, completion_only_loss=True),
-            train_dataset=row_index_dataset(rows) if settings.cache_collated else sft_dataset(rows),
+            train_dataset=row_index_dataset(rows) if speedups.cache_collated else sft_dataset(rows),
             processing_class=processor,
             peft_config=lora_config(lora) if lora else None,
             callbacks=[
@@ -144,7 +148,7 @@ def train_sft(
                 *callbacks,
             ],
         )
-        if settings.cache_collated:  # TRL's own collator, run once per example (mmkd.training.collate)
+        if speedups.cache_collated:  # TRL's own collator, run once per example (mmkd.training.cpu_speedups.collate)
             trainer.data_collator = CachedCollator(
                 trainer.data_collator, processor.tokenizer.pad_token_id, examples=sft_dataset(rows)
             )
@@ -176,10 +180,13 @@ def train_dpo(
     seed: int,
     live_dir,
     callbacks: Sequence[TrainerCallback] = (),
+    speedups: CpuSpeedups | None = None,
 ):
-    """Run TRL DPO on a PEFT model; the reference is a frozen copy of the policy as training starts."""
+    """Run TRL DPO on a PEFT model; the reference is a frozen copy of the policy as training starts. Of the CPU
+    ``speedups`` only ``logprob_head`` applies: DPO collates on the fly."""
     check_dpo_length(processor, rows, settings.max_length)
-    with tempfile.TemporaryDirectory() as tmp, logprob_head(settings.logprob_head):
+    speedups = speedups or CpuSpeedups()
+    with tempfile.TemporaryDirectory() as tmp, logprob_head(speedups.logprob_head):
         trainer = DPOTrainer(
             model=model,
             args=_args(DPOConfig, settings, tmp, seed, beta=settings.beta),
@@ -219,13 +226,24 @@ def run_stage1(
     dtype: str = "float32",
     callbacks: Sequence[TrainerCallback] = (),
     prompt_version: str | None = None,
+    speedups: CpuSpeedups | None = None,
 ) -> None:
-    """Stage 1: LoRA SFT of the student base on every teacher answer; saves the adapter to ``out_dir``."""
+    """Stage 1: LoRA SFT of the student base on the teachers' answers; saves the adapter to ``out_dir``."""
     if rows.is_empty():
         raise ValueError("Stage 1 has no training rows: no teacher answer parsed. Check data/answers/*/train.parquet")
     settings.check_hardware()  # before the (possibly 7B) model is loaded
     model, processor = load_model(base, dtype=dtype, max_image_pixels=settings.max_image_pixels)
-    model = train_sft(model, processor, rows, settings, lora=lora, seed=seed, live_dir=live_dir, callbacks=callbacks)
+    model = train_sft(
+        model,
+        processor,
+        rows,
+        settings,
+        lora=lora,
+        seed=seed,
+        live_dir=live_dir,
+        callbacks=callbacks,
+        speedups=speedups,
+    )
     _save_adapter(
         model,
         out_dir,
@@ -284,10 +302,18 @@ def run_stage2(
             seed=seed,
             live_dir=Path(live_dir, "sft"),
             callbacks=callbacks,
+            speedups=settings.cpu_speedups,
         )
     if do_dpo:
         model = train_dpo(
-            model, processor, pairs, settings.dpo, seed=seed, live_dir=Path(live_dir, "dpo"), callbacks=callbacks
+            model,
+            processor,
+            pairs,
+            settings.dpo,
+            seed=seed,
+            live_dir=Path(live_dir, "dpo"),
+            callbacks=callbacks,
+            speedups=settings.cpu_speedups,
         )
     _save_adapter(
         model, out_dir, base=base, parent=stage1, max_image_pixels=max_image_pixels, prompt_version=prompt_version

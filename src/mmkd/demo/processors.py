@@ -2,8 +2,9 @@
 
 The stock ``Qwen2VLProcessor`` and ``InternVLProcessor`` insist on a video processor, and video processors need
 torchvision, which does not import beside the CPU torch wheel we pin. Images are all mmkd needs, so these
-subclasses drop video and are registered with ``AutoProcessor`` under their own names; a checkpoint whose
-``processor_config.json`` names one loads through the ordinary ``AutoProcessor.from_pretrained`` path. (A real
+subclasses drop video and are registered with ``AutoProcessor`` under their own names (``register``, run by
+``mmkd.modeling.load_model`` through the ``mmkd.processors`` entry point); a checkpoint whose
+``processor_config.json`` names one then loads through the ordinary ``AutoProcessor.from_pretrained`` path. (A real
 checkpoint names the stock class, which loads as usual wherever torchvision is installed.)
 """
 
@@ -47,6 +48,3 @@ def register() -> None:
         AutoProcessor.register(config_cls, processor_cls, exist_ok=True)
         # AutoProcessor resolves ``processor_class`` names through the transformers namespace as a fallback.
         setattr(transformers, processor_cls.__name__, processor_cls)
-
-
-register()

@@ -1,5 +1,5 @@
 """A server teacher against a real OpenAI-compatible server: `transformers serve` (from `transformers[serving]`)
-serving a tiny LLaVA built by mmkd.tiny, on 127.0.0.1, CPU. Its answers equal the local backend's on the same
+serving a tiny LLaVA built by mmkd.demo.tiny, on 127.0.0.1, CPU. Its answers equal the local backend's on the same
 model and the answers schema is the same; a labeller killed with SIGKILL part-way resumes without asking any
 cached item again (counted by a proxy in front of the server)."""
 
@@ -18,11 +18,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 import yaml
+from fault_server import CountingProxy
 
+from mmkd.inference import make_backend
 from mmkd.labelling import label_items
 from mmkd.schema import ANSWER_SCHEMA, items_frame, read_answers, read_items
-from mmkd.teachers import make_teacher
-from mmkd.teachers.fault_server import CountingProxy
 
 ROOT = Path(__file__).resolve().parents[2]
 MAX_TOKENS = 12
@@ -68,7 +68,7 @@ def server_teacher(model_dir: Path, base_url: str, **settings):
         "prompt_version": "v1",
         "max_tokens": MAX_TOKENS,
     }
-    return make_teacher("served", params | settings)
+    return make_backend("served", params | settings)
 
 
 def test_answers_through_the_server_equal_the_local_backend(served_llava, world_dir):
@@ -78,7 +78,7 @@ def test_answers_through_the_server_equal_the_local_backend(served_llava, world_
         served = label_items(
             server_teacher(model_dir, proxy.base_url, max_concurrency=2), items, source="t", prompt_version="v1"
         )
-    local = make_teacher(
+    local = make_backend(
         "local",
         {"model": str(model_dir), "prompt_version": "v1", "max_new_tokens": MAX_TOKENS, "batch_size": 1},
     )

@@ -17,10 +17,9 @@ from transformers import (
     Qwen2VLForConditionalGeneration,
 )
 
-import mmkd.processors  # noqa: F401  (registers the image-only Qwen2-VL and InternVL processors)
+from mmkd.demo.processors import InternVLImageOnlyProcessor, Qwen2VLImageOnlyProcessor
+from mmkd.demo.tiny import ARCHITECTURES, build_tiny
 from mmkd.modeling import assistant_turn, generate, load_model, user_turn
-from mmkd.processors import InternVLImageOnlyProcessor, Qwen2VLImageOnlyProcessor
-from mmkd.tiny import ARCHITECTURES, build_tiny
 
 EXPECTED = {
     "qwen2_vl": (

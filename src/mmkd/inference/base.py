@@ -10,7 +10,7 @@ from PIL import Image
 
 
 @dataclass(frozen=True)
-class TeacherRequest:
+class InferenceRequest:
     """One question to a teacher: an item's image and the rendered prompt.
 
     ``image_path`` is the image file the item names, when there is one: a server backend sends those bytes as they
@@ -24,7 +24,7 @@ class TeacherRequest:
 
 
 @dataclass(frozen=True)
-class TeacherReply:
+class InferenceReply:
     """The raw text a teacher returned, or the error that stopped it for this item (exactly one is set).
 
     Token counts are set when the backend knows them (an OpenAI-compatible server reports them).
@@ -38,7 +38,7 @@ class TeacherReply:
 
 
 @dataclass
-class TeacherUsage:
+class BackendUsage:
     """What a backend spent so far: HTTP requests (retries included), retries and tokens.
 
     A local backend counts one request per item it generated for and knows no token counts (None).
@@ -58,15 +58,15 @@ class TeacherUsage:
 
 
 # Called with each reply as soon as it is known, so that it can be stored before the rest of the batch is done.
-ReplyCallback = Callable[[TeacherReply], None]
+ReplyCallback = Callable[[InferenceReply], None]
 
 
-class TeacherBackend(Protocol):
+class InferenceBackend(Protocol):
     """A model that answers a batch of requests; per-item failures come back as replies with ``error`` set."""
 
-    usage: TeacherUsage
+    usage: BackendUsage
 
-    def answer(self, requests: list[TeacherRequest], on_reply: ReplyCallback | None = None) -> list[TeacherReply]:
+    def answer(self, requests: list[InferenceRequest], on_reply: ReplyCallback | None = None) -> list[InferenceReply]:
         """Answer every request, in order; call ``on_reply`` with each reply as soon as it is known."""
         ...
 

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import openai
 
+from mmkd.inference.base import BackendUsage, InferenceReply, InferenceRequest, ReplyCallback
 from mmkd.parsing import format_answer
 from mmkd.schema import LABELS
-from mmkd.teachers.base import ReplyCallback, TeacherReply, TeacherRequest, TeacherUsage
 
 log = logging.getLogger(__name__)
 
@@ -126,13 +126,13 @@ class MalformedReply(Exception):
     """The server answered 200 with something that is not a chat completion."""
 
 
-class OpenAICompatTeacher:
+class OpenAICompatBackend:
     """Asks an OpenAI-compatible server, concurrently and with retries; see the module docstring."""
 
     def __init__(self, config: OpenAICompatConfig, name: str = "openai"):
         self.config = config
         self.name = name
-        self.usage = TeacherUsage(prompt_tokens=0, completion_tokens=0)
+        self.usage = BackendUsage(prompt_tokens=0, completion_tokens=0)
         self._items_sent = 0
         # httpx2 logs every request at INFO: one line per item of a 70k-item run. Failures are logged here instead.
         logging.getLogger("httpx2").setLevel(logging.WARNING)
@@ -149,13 +149,15 @@ class OpenAICompatTeacher:
     def identity(self) -> dict:
         return {"backend": "openai", "revision": self.config.revision, **self.config.request_fields()}
 
-    def answer(self, requests: list[TeacherRequest], on_reply: ReplyCallback | None = None) -> list[TeacherReply]:
+    def answer(self, requests: list[InferenceRequest], on_reply: ReplyCallback | None = None) -> list[InferenceReply]:
         if not requests:
             return []
         return asyncio.run(self._answer_all(requests, on_reply))
 
-    async def _answer_all(self, requests: list[TeacherRequest], on_reply: ReplyCallback | None) -> list[TeacherReply]:
-        replies: list[TeacherReply | None] = [None] * len(requests)
+    async def _answer_all(
+        self, requests: list[InferenceRequest], on_reply: ReplyCallback | None
+    ) -> list[InferenceReply]:
+        replies: list[InferenceReply | None] = [None] * len(requests)
         queue: asyncio.Queue[int] = asyncio.Queue()
         for i in range(len(requests)):
             queue.put_nowait(i)
@@ -188,7 +190,7 @@ class OpenAICompatTeacher:
             self.usage.retries = self.usage.requests - self._items_sent
         for i, reply in enumerate(replies):
             if reply is None:  # every server gave up: record the rest as errors, to retry on the next run
-                reply = replies[i] = TeacherReply(
+                reply = replies[i] = InferenceReply(
                     item_id=requests[i].item_id,
                     error=(
                         f"not sent: {MAX_FAILURES_IN_A_ROW} items in a row failed on every server "
@@ -211,7 +213,7 @@ class OpenAICompatTeacher:
             http_client=openai.DefaultAsyncHttpxClient(event_hooks={"request": [count_request]}),
         )
 
-    async def _ask(self, url: str, client: openai.AsyncOpenAI, request: TeacherRequest) -> TeacherReply:
+    async def _ask(self, url: str, client: openai.AsyncOpenAI, request: InferenceRequest) -> InferenceReply:
         """One item: the SDK retries transport faults; malformed 200 replies are retried here."""
         self._items_sent += 1
         messages = [
@@ -244,7 +246,7 @@ class OpenAICompatTeacher:
             prompt_tokens = getattr(usage, "prompt_tokens", None)
             completion_tokens = getattr(usage, "completion_tokens", None)
             self.usage.add_tokens(prompt_tokens, completion_tokens)
-            return TeacherReply(
+            return InferenceReply(
                 item_id=request.item_id,
                 text=text,
                 prompt_tokens=prompt_tokens,
@@ -252,7 +254,7 @@ class OpenAICompatTeacher:
             )
         raise AssertionError("unreachable")
 
-    def _failed(self, request: TeacherRequest, url: str, exc: Exception, attempts: int | None) -> TeacherReply:
+    def _failed(self, request: InferenceRequest, url: str, exc: Exception, attempts: int | None) -> InferenceReply:
         if attempts is None:  # the SDK's last attempt carries its retry count
             last = getattr(exc, "request", None)
             attempts = int(last.headers.get("x-stainless-retry-count", 0)) + 1 if last is not None else 1
@@ -261,7 +263,7 @@ class OpenAICompatTeacher:
             "re-run labelling to retry the failed items only (answers are cached)"
         )
         log.debug("item %r: %s", request.item_id, error)
-        return TeacherReply(item_id=request.item_id, error=error)
+        return InferenceReply(item_id=request.item_id, error=error)
 
     def _text(self, completion) -> str:
         try:
@@ -286,7 +288,7 @@ def structured_to_answer(text: str, structured_output: str | None) -> str:
     return text
 
 
-def image_data_url(request: TeacherRequest) -> str:
+def image_data_url(request: InferenceRequest) -> str:
     """The item's image as a base64 data URL: the file's own bytes when it has a known type, else PNG."""
     if request.image_path is not None:
         mime, _ = mimetypes.guess_type(request.image_path)

@@ -40,7 +40,7 @@ from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2Im
 from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from mmkd.processors import InternVLImageOnlyProcessor, Qwen2VLImageOnlyProcessor
+from mmkd.demo.processors import InternVLImageOnlyProcessor, Qwen2VLImageOnlyProcessor
 
 # qwen2_vl: the paper's Qwen2-VL teacher; llava: the demo student; llava_next: the paper's student (LLaVA-v1.6);
 # internvl: the paper's InternVL-2.5 teacher.

@@ -8,8 +8,8 @@ from functools import cached_property
 from pathlib import Path
 
 from mmkd.answer_cache import file_sha256
-from mmkd.teachers.base import ReplyCallback, TeacherReply, TeacherRequest, TeacherUsage
-from mmkd.training.config import MIN_IMAGE_PIXELS
+from mmkd.inference.base import BackendUsage, InferenceReply, InferenceRequest, ReplyCallback
+from mmkd.items import check_max_image_pixels
 
 
 @dataclass
@@ -37,11 +37,10 @@ class LocalConfig:
             raise ValueError(
                 f"batch_size and max_new_tokens must be >= 1, got {self.batch_size}, {self.max_new_tokens}"
             )
-        if self.max_image_pixels is not None and self.max_image_pixels < MIN_IMAGE_PIXELS:
-            raise ValueError(f"max_image_pixels must be null or >= {MIN_IMAGE_PIXELS}, got {self.max_image_pixels}")
+        check_max_image_pixels(self.max_image_pixels)
 
 
-class LocalTeacher:
+class LocalBackend:
     """Generates greedily in batches with left padding through the model's own processor and chat template."""
 
     def __init__(self, config: LocalConfig, name: str = "local"):
@@ -49,7 +48,7 @@ class LocalTeacher:
 
         self.config = config
         self.name = name
-        self.usage = TeacherUsage()
+        self.usage = BackendUsage()
         if config.adapter:
             self.model, self.processor = load_student(
                 config.model,
@@ -68,10 +67,10 @@ class LocalTeacher:
                 max_image_pixels=config.max_image_pixels,
             )
 
-    def answer(self, requests: list[TeacherRequest], on_reply: ReplyCallback | None = None) -> list[TeacherReply]:
+    def answer(self, requests: list[InferenceRequest], on_reply: ReplyCallback | None = None) -> list[InferenceReply]:
         from mmkd.modeling import generate
 
-        replies: list[TeacherReply] = []
+        replies: list[InferenceReply] = []
         size = self.config.batch_size
         for start in range(0, len(requests), size):  # one batch at a time, so each batch is reported when done
             batch = requests[start : start + size]
@@ -85,7 +84,7 @@ class LocalTeacher:
                 desc=self.name,
             )
             for r, t in zip(batch, texts, strict=True):
-                replies.append(TeacherReply(item_id=r.item_id, text=t))
+                replies.append(InferenceReply(item_id=r.item_id, text=t))
                 self.usage.requests += 1
                 if on_reply is not None:
                     on_reply(replies[-1])

@@ -1,5 +1,5 @@
 """The OpenAI-compatible teacher against a real HTTP server on 127.0.0.1: the fault-injecting fake server of
-``mmkd.teachers.fault_server`` (canned answers, no model). Bounded concurrency, retries on 500 / 429 with
+``tests/fault_server.py`` (canned answers, no model). Bounded concurrency, retries on 500 / 429 with
 Retry-After / malformed JSON / a hang past the timeout, per-item errors when retries run out, several servers,
 structured output and the API key taken from the environment variable that the config names."""
 
@@ -9,25 +9,25 @@ import base64
 import json
 
 import pytest
+from fault_server import FaultInjectingChatServer
 from PIL import Image
 
+from mmkd.inference import make_backend
+from mmkd.inference.base import InferenceRequest
+from mmkd.inference.openai_compat import ANSWER_JSON_SCHEMA, ConfigError
 from mmkd.parsing import parse_answer
-from mmkd.teachers import make_teacher
-from mmkd.teachers.base import TeacherRequest
-from mmkd.teachers.fault_server import FaultInjectingChatServer
-from mmkd.teachers.openai_compat import ANSWER_JSON_SCHEMA, ConfigError
 
 IMAGE = Image.new("RGB", (28, 28), (200, 30, 30))
 
 
-def requests(n: int) -> list[TeacherRequest]:
+def requests(n: int) -> list[InferenceRequest]:
     # "item-3." cannot match inside "item-13.": the tags the fault scripts use end with a full stop.
-    return [TeacherRequest(f"id{i}", IMAGE, f"Does the caption match? Caption: item-{i}.") for i in range(n)]
+    return [InferenceRequest(f"id{i}", IMAGE, f"Does the caption match? Caption: item-{i}.") for i in range(n)]
 
 
 def teacher(base_url, **settings):
     params = {"backend": "openai", "model": "fake", "base_url": base_url, "prompt_version": "v1"}
-    return make_teacher("srv", params | settings)
+    return make_backend("srv", params | settings)
 
 
 def test_requests_are_concurrent_and_bounded():
@@ -104,7 +104,7 @@ def test_structured_output_choice_sends_guided_choice():
 def test_image_is_sent_as_a_base64_data_url_of_the_file(tmp_path):
     path = tmp_path / "img.png"
     IMAGE.save(path)
-    request = TeacherRequest("x", IMAGE, "prompt", image_path=str(path))
+    request = InferenceRequest("x", IMAGE, "prompt", image_path=str(path))
     with FaultInjectingChatServer() as server:
         teacher(server.base_url).answer([request])
         content = server.requests[0].body["messages"][0]["content"]

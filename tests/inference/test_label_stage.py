@@ -1,5 +1,5 @@
 """`label@<teacher>` for a server teacher, run by DVC in a temporary repo against the fault-injecting fake server
-(``mmkd.teachers.fault_server``, no model): a run with a failed item fails and says how many, a re-run asks only
+(``tests/fault_server.py``, no model): a run with a failed item fails and says how many, a re-run asks only
 that item, a third run asks nothing; shards on two "machines" (two caches) merge so that the DVC run sends no
 request; and the dummy API key appears in no file and no output."""
 
@@ -16,10 +16,10 @@ import polars as pl
 import pytest
 import yaml
 from dvc_env import offline_env
+from fault_server import FaultInjectingChatServer
 
 from mmkd.demo.world import make_world
 from mmkd.schema import read_answers
-from mmkd.teachers.fault_server import FaultInjectingChatServer
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY_ENV = "MMKD_TEST_LABEL_KEY"
@@ -57,7 +57,7 @@ def repo(tmp_path, server) -> Path:
             "model": "fake",
             "base_url": server.base_url,
             "api_key_env": KEY_ENV,
-            "weights": "src/mmkd/teachers/openai_compat.py",
+            "weights": "src/mmkd/inference/openai_compat.py",
             "cache_dir": str(tmp_path / "cache"),
             "prompt_version": "v1",
             "max_concurrency": 2,

@@ -7,7 +7,7 @@
   were asked, so a test can check that no cached item is requested again.
 
 Both are stdlib ``ThreadingHTTPServer`` s (one thread per connection, HTTP/1.1 keep-alive). Run the fake server
-alone with ``python -m mmkd.teachers.fault_server --port 8000 --latency 0.2`` (the throughput benchmark does).
+alone with ``python tests/fault_server.py --port 8000 --latency 0.2`` (the throughput benchmark does).
 """
 
 from __future__ import annotations

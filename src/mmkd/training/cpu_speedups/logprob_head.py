@@ -22,7 +22,7 @@ from collections.abc import Iterator
 
 import torch
 
-from mmkd.training.config import LOGPROB_HEADS
+from mmkd.training.cpu_speedups import LOGPROB_HEADS
 
 _OUTPUTS = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
 

@@ -1,4 +1,4 @@
-"""Teacher backends. ``make_teacher`` turns one teacher's params into a backend; add new kinds to ``BACKENDS``.
+"""Teacher backends. ``make_backend`` turns one teacher's params into a backend; add new kinds to ``BACKENDS``.
 
 A teacher's params mix labelling settings (``LabelSettings``: backend, prompt version, weights, cache, error
 budget) with the settings of its backend (``LocalConfig``, ``OpenAICompatConfig``); unknown keys are refused with
@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from mmkd.teachers.base import TeacherBackend, TeacherReply, TeacherRequest, TeacherUsage
-from mmkd.teachers.local import LocalConfig, LocalTeacher
-from mmkd.teachers.openai_compat import OpenAICompatConfig, OpenAICompatTeacher
+from mmkd.inference.base import BackendUsage, InferenceBackend, InferenceReply, InferenceRequest
+from mmkd.inference.local import LocalBackend, LocalConfig
+from mmkd.inference.openai_compat import OpenAICompatBackend, OpenAICompatConfig
 
-BACKENDS = {"local": (LocalConfig, LocalTeacher), "openai": (OpenAICompatConfig, OpenAICompatTeacher)}
+BACKENDS = {"local": (LocalConfig, LocalBackend), "openai": (OpenAICompatConfig, OpenAICompatBackend)}
 
 
 @dataclass
@@ -22,7 +22,7 @@ class LabelSettings:
 
     weights: the path DVC tracks as this teacher's weights (``label@<teacher>`` depends on it). Local teachers: the
         model directory. Server teachers have no local weights: point it at the backend module
-        (``src/mmkd/teachers/openai_compat.py``), and name the served weights in ``revision`` instead.
+        (``src/mmkd/inference/openai_compat.py``), and name the served weights in ``revision`` instead.
     cache_dir: where answers persist across runs (see mmkd.answer_cache); null: no cache. The environment variable
         MMKD_ANSWER_CACHE, when set, overrides it (e.g. a different disk on each machine).
     max_errors: how many failed items a run may leave before the stage fails (it writes its outputs first, so a
@@ -46,14 +46,14 @@ LABELLING_KEYS = tuple(f.name for f in fields(LabelSettings))
 
 
 def label_settings(name: str, params: dict) -> LabelSettings:
-    """The labelling settings of teacher ``name`` (its backend settings are checked by ``make_teacher``)."""
+    """The labelling settings of teacher ``name`` (its backend settings are checked by ``make_backend``)."""
     try:
         return LabelSettings(**{k: v for k, v in params.items() if k in LABELLING_KEYS})
     except (TypeError, ValueError) as exc:
         raise ValueError(f"teacher {name!r}: {exc}") from exc
 
 
-def make_teacher(name: str, params: dict) -> TeacherBackend:
+def make_backend(name: str, params: dict) -> InferenceBackend:
     """Build the backend named by ``params['backend']`` from the rest of ``params``."""
     kind = label_settings(name, params).backend
     config_cls, backend_cls = BACKENDS[kind]
@@ -68,10 +68,10 @@ def make_teacher(name: str, params: dict) -> TeacherBackend:
 __all__ = [
     "BACKENDS",
     "LabelSettings",
-    "TeacherBackend",
-    "TeacherReply",
-    "TeacherRequest",
-    "TeacherUsage",
+    "InferenceBackend",
+    "InferenceReply",
+    "InferenceRequest",
+    "BackendUsage",
     "label_settings",
-    "make_teacher",
+    "make_backend",
 ]

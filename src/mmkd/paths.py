@@ -1,0 +1,41 @@
+"""Where each stage writes its outputs: every path is defined here once (dvc.yaml spells the same paths, and
+tests/test_dvc_yaml.py keeps the two equal). Paths are relative to the repository root, where stages run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ANSWERS = Path("data/answers")  # label@<teacher>: <teacher>/<split>.parquet
+SPLIT = Path("data/split")  # split: the conflict set and the Stage-2 data
+CONFLICTS = SPLIT / "conflicts.parquet"
+STAGE2_SFT = SPLIT / "sft.parquet"
+STAGE2_PAIRS = SPLIT / "pairs.parquet"
+MODELS = Path("models")  # bootstrap@<group>: <group>/<model>
+STAGE1_ADAPTER = MODELS / "stage1"
+STAGE2_ADAPTER = MODELS / "stage2"
+PREDICTIONS = Path("data/predictions")  # evaluate: <model>.parquet, teachers/<teacher>.parquet
+METRICS = Path("metrics")
+CONFUSION = METRICS / "confusion"  # evaluate: <model>.csv, teachers/<teacher>.csv
+DVCLIVE = Path("dvclive")  # training logs: bootstrap/<group>/<model>, stage1, stage2/{sft,dpo}
+
+LABELLED_SPLITS = ("train", "test")  # the splits every teacher labels (test answers score the teacher itself)
+
+
+def answers_file(teacher: str, split: str) -> Path:
+    """``data/answers/<teacher>/<split>.parquet``: one teacher's answer to every item of a split."""
+    return ANSWERS / teacher / f"{split}.parquet"
+
+
+def items_file(data_dir: str | Path, split: str) -> Path:
+    """``<data.dir>/<split>.parquet``: the items of a split (their gold labels: ``mmkd.schema.gold_path``)."""
+    return Path(data_dir) / f"{split}.parquet"
+
+
+def metrics_file(stage: str) -> Path:
+    """``metrics/<stage>.json`` (``teachers/<teacher>`` for a label stage)."""
+    return METRICS / f"{stage}.json"
+
+
+def bootstrap_dirs(group: str) -> tuple[Path, Path]:
+    """Where ``bootstrap@<group>`` writes its models and their training logs."""
+    return MODELS / group, DVCLIVE / "bootstrap" / group

@@ -1,0 +1,118 @@
+"""One teacher labels the dataset: the work of ``label@<teacher>``, and of its ``--shard`` / ``--merge`` modes.
+
+- ``label_teacher`` answers every item of the labelled splits (or one shard of them, into the cache only) and
+  returns the answers and the accounting;
+- ``merge_shard_caches`` copies the caches that shards filled on other machines into this machine's cache;
+- ``error_budget`` says whether the failed items are within ``max_errors`` (the stage fails when not, after writing
+  its outputs, so that a re-run asks only the failed items).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from mmkd.answer_cache import AnswerCache, cache_dir_for, cache_path
+from mmkd.inference import LabelSettings, label_settings, make_backend
+from mmkd.inference.openai_compat import ConfigError
+from mmkd.labelling import LabelTally, label_items, shard_items, teacher_metrics
+from mmkd.paths import LABELLED_SPLITS, answers_file, items_file
+from mmkd.schema import read_items
+
+log = logging.getLogger(__name__)
+
+
+class LabelStageError(RuntimeError):
+    """A problem the user must fix before this teacher can label (the message names the teacher and the fix)."""
+
+
+@dataclass
+class TeacherRun:
+    """What one labelling run produced."""
+
+    answers: dict[str, pl.DataFrame] = field(default_factory=dict)  # split -> answers (empty for a shard run)
+    metrics: dict = field(default_factory=dict)  # metrics/teachers/<teacher>.json
+    tally: LabelTally = field(default_factory=LabelTally)
+
+
+def teacher_settings(name: str, params: dict) -> LabelSettings:
+    """The labelling settings of teacher ``name``, or a ``LabelStageError`` naming what is wrong."""
+    try:
+        return label_settings(name, params)
+    except ValueError as exc:
+        raise LabelStageError(f"label@{name}: {exc}") from None
+
+
+def open_cache(name: str, settings: LabelSettings, *, required: bool = False) -> AnswerCache | None:
+    """This machine's answer cache for teacher ``name`` (None without ``cache_dir``, refused when ``required``)."""
+    cache_dir = cache_dir_for(settings.cache_dir)
+    if cache_dir is None:
+        if required:
+            raise LabelStageError(f"label: --shard/--merge keep answers in the cache; set teachers.{name}.cache_dir")
+        return None
+    return AnswerCache(cache_path(cache_dir, name))
+
+
+def merge_shard_caches(name: str, params: dict, files: list[str]) -> list[tuple[str, int]]:
+    """Copy shard caches (``.sqlite`` files) into this machine's cache; returns (file, answers added) per file."""
+    cache = open_cache(name, teacher_settings(name, params), required=True)
+    merged = []
+    try:
+        for other in files:
+            try:
+                added = cache.merge_from(other)
+            except FileNotFoundError as exc:
+                raise LabelStageError(f"label@{name}: {exc}") from None
+            log.info("%s: merged %d new answers from %s into %s", name, added, other, cache.path)
+            merged.append((other, added))
+    finally:
+        cache.close()
+    return merged
+
+
+def label_teacher(
+    name: str, params: dict, data_dir: str | Path, *, shard: tuple[int, int] | None = None
+) -> tuple[TeacherRun, LabelSettings, AnswerCache | None]:
+    """Teacher ``name`` answers every item of ``LABELLED_SPLITS`` (only shard I of N with ``shard=(I, N)``).
+
+    Returns the run, the teacher's labelling settings and its cache (still open, or None)."""
+    settings = teacher_settings(name, params)
+    try:
+        backend = make_backend(name, params)
+    except ValueError as exc:  # bad settings, or the API key's environment variable is not set
+        raise LabelStageError(f"label@{name}: {exc}") from None
+    cache = open_cache(name, settings, required=shard is not None)
+    run, start = TeacherRun(), time.perf_counter()
+    for split in LABELLED_SPLITS:
+        items = read_items(items_file(data_dir, split))
+        if shard is not None:
+            items = shard_items(items, *shard)
+        try:
+            answers = label_items(
+                backend, items, source=name, prompt_version=settings.prompt_version, cache=cache, tally=run.tally
+            )
+        except ConfigError as exc:  # the server refused the key, the model or the URL
+            raise LabelStageError(str(exc)) from None
+        if shard is None:
+            run.answers[split] = answers
+    run.metrics = teacher_metrics(backend, run.tally, time.perf_counter() - start)
+    return run, settings, cache
+
+
+def error_budget(name: str, run: TeacherRun, settings: LabelSettings, cache: AnswerCache | None) -> str | None:
+    """None when no item failed; else the message to show, raised as ``LabelStageError`` when the failures are
+    more than ``max_errors`` (the caller writes its outputs first)."""
+    if not run.tally.errors:
+        return None
+    where = f"the answer cache {cache.path}" if cache else "no cache (set cache_dir to keep them)"
+    message = (
+        f"label@{name}: {run.tally.errors} of {run.tally.items} items failed (status 'error' in "
+        f"{answers_file(name, '<split>')}); the other answers are in {where}. Re-run to retry only the failed items"
+    )
+    if run.tally.errors > settings.max_errors:
+        raise LabelStageError(message + f" (teachers.{name}.max_errors is {settings.max_errors}).")
+    return message + "."
