@@ -4,8 +4,9 @@ models/<group>/<model> (see mmkd.demo.bootstrap)."""
 import sys
 
 from mmkd import paths
+from mmkd.console import setup_logging
 from mmkd.demo.bootstrap import BootstrapGroup, bootstrap_group
-from mmkd.stage_io import read_params, setup_logging
+from mmkd.stage_io import read_params
 
 
 def main(group: str) -> None:

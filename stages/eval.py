@@ -6,11 +6,13 @@ and confusion-matrix plot data (metrics/confusion/<model>.csv, teachers under te
 """
 
 from mmkd import paths
+from mmkd.console import setup_logging
 from mmkd.evaluation import confusion_rows, score
 from mmkd.inference.local import LocalBackend, LocalConfig
 from mmkd.labelling import label_items
+from mmkd.report import markdown_table
 from mmkd.schema import gold_path, read_answers, read_gold, read_items
-from mmkd.stage_io import read_params, setup_logging, write_json
+from mmkd.stage_io import read_params, write_json
 
 
 def main() -> None:
@@ -45,6 +47,7 @@ def main() -> None:
         answers.write_parquet(out / f"{name}.parquet")
         confusion_rows(answers, gold).write_csv(plots / f"{name}.csv")
     write_json(paths.metrics_file("evaluate"), metrics)
+    print(markdown_table(metrics))  # the run's result, as `mmkd report --markdown` prints it
 
 
 if __name__ == "__main__":

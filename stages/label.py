@@ -9,8 +9,9 @@ the answer cache only, ``--merge FILE...`` copies shard caches into this machine
 import argparse
 import logging
 
+from mmkd.console import setup_logging
 from mmkd.paths import answers_file, metrics_file
-from mmkd.stage_io import read_params, setup_logging, write_json
+from mmkd.stage_io import read_params, write_json
 from mmkd.teacher_labelling import LabelStageError, error_budget, label_teacher, merge_shard_caches
 
 log = logging.getLogger("label")

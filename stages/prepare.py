@@ -8,9 +8,10 @@ import sys
 from pathlib import Path
 
 from mmkd import paths
+from mmkd.console import setup_logging
 from mmkd.data import PrepareInputError
 from mmkd.data.newsclippings import NewsClippingsSettings, prepare_newsclippings
-from mmkd.stage_io import read_params, setup_logging, write_json
+from mmkd.stage_io import read_params, write_json
 
 
 def main(name: str) -> None:

@@ -2,8 +2,9 @@
 
 from mmkd import paths
 from mmkd.conflict import conflict_split
+from mmkd.console import setup_logging
 from mmkd.schema import gold_path, read_answers
-from mmkd.stage_io import read_params, setup_logging, write_json
+from mmkd.stage_io import read_params, write_json
 
 
 def main() -> None:

@@ -2,8 +2,9 @@
 
 from mmkd import paths
 from mmkd.conflict import stage1_rows
+from mmkd.console import setup_logging
 from mmkd.schema import read_answers, read_items
-from mmkd.stage_io import read_params, seed_everything, setup_logging
+from mmkd.stage_io import read_params, seed_everything
 from mmkd.training.config import Stage1Settings, from_params
 from mmkd.training.rows import with_prompts
 from mmkd.training.trainers import run_stage1

@@ -1,8 +1,9 @@
 """Stage `stage2`: LoRA SFT + DPO on the conflict set, on top of merged Stage 1 -> models/stage2, dvclive/stage2."""
 
 from mmkd import paths
+from mmkd.console import setup_logging
 from mmkd.schema import read_items, read_pairs, read_sft_rows
-from mmkd.stage_io import read_params, seed_everything, setup_logging
+from mmkd.stage_io import read_params, seed_everything
 from mmkd.training.config import Stage2Settings, from_params
 from mmkd.training.rows import with_prompts
 from mmkd.training.trainers import run_stage2

@@ -5,8 +5,9 @@ import sys
 from pathlib import Path
 
 from mmkd import paths
+from mmkd.console import setup_logging
 from mmkd.demo.world import make_world
-from mmkd.stage_io import read_params, setup_logging, write_json
+from mmkd.stage_io import read_params, write_json
 
 
 def main(name: str) -> None:

@@ -16,6 +16,7 @@ import yaml
 from dvc.dependency import ParamsDependency
 from dvc.repo import Repo
 
+from mmkd import paths
 from mmkd.cli import compose
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -163,6 +164,23 @@ def test_every_stage_depends_on_exactly_the_code_it_runs(stages):
         declared = source_deps(stage)
         assert not needed - declared, f"stage {name}: runs {sorted(needed - declared)} but does not depend on them"
         assert not declared - needed, f"stage {name}: depends on {sorted(declared - needed)} but never runs them"
+
+
+def test_stage_outputs_are_the_paths_the_library_defines(stages, params):
+    """dvc.yaml and mmkd.paths spell each output path; they must agree, or DVC would track a folder nobody writes."""
+    outs = {name: {PurePosixPath(o.def_path) for o in stage.outs} for name, stage in stages.items()}
+    want = {
+        "split": {paths.SPLIT, paths.metrics_file("split")},
+        "stage1": {paths.STAGE1_ADAPTER, paths.DVCLIVE / "stage1"},
+        "stage2": {paths.STAGE2_ADAPTER, paths.DVCLIVE / "stage2"},
+        "evaluate": {paths.PREDICTIONS, paths.CONFUSION, paths.metrics_file("evaluate")},
+        "bootstrap@demo": set(paths.bootstrap_dirs("demo")),
+    }
+    for teacher in params["teacher_names"]:
+        answers = {paths.answers_file(teacher, split).parent for split in paths.LABELLED_SPLITS}
+        want[f"label@{teacher}"] = answers | {paths.metrics_file(f"teachers/{teacher}")}
+    for name, expected in want.items():
+        assert outs[name] == {PurePosixPath(p) for p in expected}, name
 
 
 def test_source_deps_exist(stages):

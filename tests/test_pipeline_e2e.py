@@ -43,6 +43,24 @@ STAGES = (
 CACHED_OUTS = ("data/world", "data/split", "data/predictions")
 OUT_PARENTS = ("data/answers", "models")
 RUNNING = re.compile(r"Running stage '([^']+)'")
+# What each training stage writes, file for file: safetensors only, PEFT's model card, mmkd's adapter record.
+ADAPTER_FILES = {"README.md", "adapter_config.json", "adapter_model.safetensors", "mmkd_adapter.json"}
+DEMO_MODEL_FILES = {
+    "chat_template.jinja",
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "processor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+}
+DEMO_MODELS = (*TEACHERS, "student_base")
+LIVE_TOP = {"metrics.json", "params.yaml", "plots"}  # a dvclive folder: summary, params, one TSV per logged value
+
+
+def files_in(folder: Path) -> set[str]:
+    """Every file under ``folder``, relative to it."""
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
 
 
 @dataclass
@@ -167,7 +185,14 @@ def test_first_repro_writes_metrics_and_outputs(pipeline: Pipeline):
         f"teachers/{t}.parquet" for t in TEACHERS
     }, predictions
     for stage in ("stage1", "stage2"):
-        assert (repo / "models" / stage / "adapter_model.safetensors").is_file()
+        assert files_in(repo / "models" / stage) == ADAPTER_FILES, stage
+    assert {p.name for p in (repo / "models/demo").iterdir()} == set(DEMO_MODELS)
+    for model in DEMO_MODELS:
+        assert files_in(repo / "models/demo" / model) == DEMO_MODEL_FILES, model
+    for live in ["stage1", "stage2/sft", "stage2/dpo", *(f"bootstrap/demo/{m}" for m in DEMO_MODELS)]:
+        folder = repo / "dvclive" / live
+        assert {p.name for p in folder.iterdir()} == LIVE_TOP, live
+        assert {"loss.tsv", "learning_rate.tsv"} <= {p.name for p in (folder / "plots/metrics").iterdir()}, live
 
 
 def test_second_repro_runs_nothing(reproduced: Pipeline):

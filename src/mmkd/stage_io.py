@@ -1,18 +1,12 @@
-"""What every stage script shares: reading ``params.yaml``, one line of logging setup, writing JSON metrics."""
+"""What every stage script shares: reading ``params.yaml``, seeding, writing JSON metrics (logging: mmkd.console)."""
 
 from __future__ import annotations
 
 import json
-import logging
 import random
 from pathlib import Path
 
 import yaml
-
-
-def setup_logging() -> None:
-    """INFO-level logging with timestamps, once per process."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
 
 def read_params(path: str | Path = "params.yaml") -> dict:

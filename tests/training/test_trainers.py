@@ -19,6 +19,10 @@ from mmkd.modeling import ADAPTER_INFO, adapter_chain, generate, load_model, loa
 from mmkd.training.config import DPOSettings, LoraSettings, Stage2Settings, TrainSettings, from_params
 from mmkd.training.trainers import check_dpo_length, run_stage1, run_stage2
 
+# What a training stage writes to its adapter folder, file for file: PEFT's adapter (safetensors) and model card,
+# and mmkd's record of the base, the parent adapter and the prompt version.
+ADAPTER_FILES = {"README.md", "adapter_config.json", "adapter_model.safetensors", ADAPTER_INFO}
+
 STAGE2_ARCH = "llava"  # the demo student's architecture, for the tests that need only one
 
 
@@ -82,9 +86,7 @@ def answers_one(model, processor, rows: pl.DataFrame) -> None:
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_stage1_saves_a_safetensors_adapter_with_its_base(stage1_run, arch):
     run = stage1_run(arch)
-    files = sorted(p.name for p in run.adapter.iterdir())
-    assert "adapter_model.safetensors" in files and "adapter_config.json" in files
-    assert not [f for f in files if f.endswith((".bin", ".pt", ".pkl"))], files
+    assert {p.name for p in run.adapter.iterdir()} == ADAPTER_FILES  # safetensors only, no pickles
     assert json.loads((run.adapter / ADAPTER_INFO).read_text()) == {"base": str(run.base), "parent": None}
     assert adapter_chain(run.adapter) == (str(run.base), [str(run.adapter)])
 
@@ -137,9 +139,8 @@ def test_stage2_saves_an_adapter_whose_parent_is_stage1(stage2_run, arch):
     run = stage2_run(arch)
     s1, out = run.stage1, run.adapter
     assert run.trained is True
-    assert (out / "adapter_model.safetensors").is_file()
-    assert not (out / "ref").exists(), "only the trained adapter is saved, not TRL's frozen DPO reference copy"
-    assert not list(out.rglob("*.bin"))
+    # only the trained adapter is saved, not TRL's frozen DPO reference copy (a `ref` folder)
+    assert {str(p.relative_to(out)) for p in out.rglob("*")} == ADAPTER_FILES
     assert json.loads((out / ADAPTER_INFO).read_text()) == {"base": str(s1.base), "parent": str(s1.adapter)}
     assert adapter_chain(out) == (str(s1.base), [str(s1.adapter), str(out)])
 
@@ -147,8 +148,9 @@ def test_stage2_saves_an_adapter_whose_parent_is_stage1(stage2_run, arch):
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_stage2_logs_sft_and_dpo_and_dpo_learns(stage2_run, arch):
     live = stage2_run(arch).live
+    assert {p.name for p in live.iterdir()} == {"sft", "dpo"}
     for phase in ("sft", "dpo"):
-        assert (live / phase / "metrics.json").is_file(), phase
+        assert {p.name for p in (live / phase).iterdir()} == {"metrics.json", "params.yaml", "plots"}, phase
         assert all(math.isfinite(v) for v in tsv_values(live / phase / "plots" / "metrics" / "loss.tsv"))
     dpo = tsv_values(live / "dpo" / "plots" / "metrics" / "loss.tsv")
     assert len(dpo) == 3

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -19,10 +20,12 @@ import datasets
 import polars as pl
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import TrainerCallback
+from tqdm.auto import tqdm
+from transformers import PrinterCallback, ProgressCallback, TrainerCallback
 from transformers.integrations import DVCLiveCallback
 from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
+from mmkd.console import verbose
 from mmkd.modeling import adapter_info, assistant_turn, load_model, load_student, user_turn, write_adapter_info
 from mmkd.training.config import DPOSettings, LoraSettings, Stage2Settings, TrainSettings
 from mmkd.training.cpu_speedups import CpuSpeedups
@@ -110,6 +113,65 @@ class _StepAlignedDVCLive(DVCLiveCallback):
         super().on_log(args, state, control, **kwargs)
 
 
+class TrainingProgress(ProgressCallback):
+    """One bar per training phase (steps, rate, ETA, the latest loss) in place of transformers' bar and the dict it
+    prints at every logging step. Where bars are off (``TQDM_DISABLE``: jobs side by side) it logs one line each
+    tenth of the way instead. ``MMKD_VERBOSE=1`` keeps transformers' own output (mmkd.console)."""
+
+    def __init__(self, desc: str):
+        super().__init__()
+        self.desc, self.loss, self.started, self.reported = desc, None, 0.0, 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.training_bar = tqdm(total=state.max_steps, desc=self.desc, unit="step", dynamic_ncols=True)
+        self.current_step, self.started = 0, time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        super().on_step_end(args, state, control, **kwargs)
+        bar = self.training_bar
+        if bar is None or not bar.disable or state.global_step * 10 < (self.reported + 1) * state.max_steps:
+            return
+        self.reported = state.global_step * 10 // state.max_steps
+        elapsed = time.perf_counter() - self.started
+        eta = elapsed * (state.max_steps - state.global_step) / state.global_step
+        log.info(
+            "%s: step %d/%d, loss %s, %.1f steps/s, ETA %.0f s",
+            self.desc,
+            state.global_step,
+            state.max_steps,
+            "n/a" if self.loss is None else f"{self.loss:.4g}",
+            state.global_step / elapsed,
+            eta,
+        )
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.training_bar is not None and logs and "loss" in logs:
+            self.loss = logs["loss"]
+            self.training_bar.set_postfix(loss=f"{self.loss:.4g}", refresh=False)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        super().on_train_end(args, state, control, **kwargs)
+        log.info(
+            "%s: %d steps in %.0f s, last logged loss %s",
+            self.desc,
+            state.global_step,
+            time.perf_counter() - self.started,
+            "n/a" if self.loss is None else f"{self.loss:.4g}",
+        )
+
+
+def _quiet_progress(trainer, live_dir) -> None:
+    """Swap transformers' progress output for ``TrainingProgress`` (unless verbose), named after the run's logs."""
+    if verbose():
+        return
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    parts = Path(live_dir).parts
+    name = parts[parts.index("dvclive") + 1 :] if "dvclive" in parts else parts[-2:]  # stage1, stage2/sft, ...
+    trainer.add_callback(TrainingProgress("/".join(name)))
+
+
 def _live_callback(live_dir: str | Path, params: dict):
     from dvclive import Live
 
@@ -152,6 +214,7 @@ def train_sft(
             trainer.data_collator = CachedCollator(
                 trainer.data_collator, processor.tokenizer.pad_token_id, examples=sft_dataset(rows)
             )
+        _quiet_progress(trainer, live_dir)
         trainer.train()
     return trainer.model
 
@@ -194,6 +257,7 @@ def train_dpo(
             processing_class=processor,
             callbacks=[_live_callback(live_dir, {"dpo": asdict(settings)}), *callbacks],
         )
+        _quiet_progress(trainer, live_dir)
         trainer.train()
     return trainer.model
 
