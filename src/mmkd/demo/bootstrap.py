@@ -1,7 +1,7 @@
 """Bootstrap the demo world's models from random initialisation, since no pretrained weights exist offline.
 
 - A *teacher* learns the out-of-context question with a describe-then-check answer (a tiny model learns a label only
-  when the steps before it are spelled out, see shared notes)::
+  when the steps before it are spelled out; docs/demo.md#the-models)::
 
       Image: colour red; shape circle; place city. Caption: colour blue; shape circle; place city.
       Check: colour blue vs red no; shape circle vs circle yes; place city vs city yes.
@@ -22,8 +22,8 @@
 Training is full fine-tuning through the same TRL ``SFTTrainer`` path as the student stages (no LoRA).
 
 The models of a :class:`BootstrapGroup` are trained in one stage, ``jobs`` at a time, each in its own process with
-``threads`` torch threads: the tiny models use two threads poorly (1.5x one thread), so on the 2-core machine two
-one-thread trainings side by side finish about 25 % sooner than one two-thread training after the other.
+``threads`` torch threads: the tiny models use a second thread poorly, so one-thread trainings side by side finish
+sooner than two-thread trainings one after the other (docs/performance.md#bootstrap-two-models-at-a-time).
 A model with ``init_from`` starts from another model's trained weights (and tokenizer) instead of a random init, and
 is trained once that model is done: a cheap sibling teacher that shares what the other learned and is then taught
 more (the three-teacher demo's ``teacher_third``).
@@ -361,7 +361,8 @@ def _bootstrap_one(
     """One model in a worker process: the same seeding and training as in-process; returns seconds taken."""
     import torch
 
-    from mmkd.stage_io import seed_everything, setup_logging
+    from mmkd.console import setup_logging
+    from mmkd.stage_io import seed_everything
 
     setup_logging()
     torch.set_num_threads(threads)
@@ -383,7 +384,7 @@ def bootstrap_group(
     log.info("bootstrapping %s, %d at a time with %d torch thread(s) each", list(group.models), group.jobs, threads)
     # spawn, not fork: a forked child of a process that has started torch's thread pool can deadlock
     context = multiprocessing.get_context("spawn")
-    # TRL's progress bars from parallel jobs would overwrite each other; the loss lines still print
+    # progress bars from parallel jobs would overwrite each other: each job logs a line every tenth of the way instead
     env_before = os.environ.get("TQDM_DISABLE")
     if group.jobs > 1:
         os.environ["TQDM_DISABLE"] = "1"

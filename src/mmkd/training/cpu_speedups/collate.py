@@ -3,10 +3,11 @@
 TRL collates vision-language batches on the fly: every step it decodes the batch's images, renders the chat
 template and runs the processor (image transforms, tokenisation) on every example, in the training process. For a
 large model that is a small share of a step, and caching every example's pixels would take a lot of memory (TRL
-says as much), so the default leaves it as it is. On the CPU demo's tiny models it is a quarter of a step, and the
-same examples come back every epoch: ``CachedCollator`` runs TRL's own collator once per example, keeps the
-single-example tensors, and pads each batch from them. The batches are the ones TRL builds (tested tensor by tensor
-on both model families), so training gives the same weights; only the time differs.
+says as much), so the default leaves it as it is. On the CPU demo's tiny models it is a large share of a step
+(docs/performance.md#cpu-speed-ups-for-tiny-models), and the same examples come back every epoch:
+``CachedCollator`` runs TRL's own collator once per example, keeps the single-example tensors, and pads each batch
+from them. The batches are the ones TRL builds (tested tensor by tensor on both model families), so training gives
+the same weights; only the time differs.
 """
 
 from __future__ import annotations

@@ -4,10 +4,8 @@ TRL 1.x trainers (SFT and DPO alike) patch the model's forward with a *fused LM 
 ``trl.kernels.ChunkedLogProbFunction``: it projects the hidden states through the output layer tile by tile and
 never builds the (tokens x vocabulary) logits. For a 7B model's 32k vocabulary on a GPU that saves gigabytes, so it
 stays the default (``chunked``). On a CPU, without Triton, the kernel's tiles run as plain torch ops, and for a small
-vocabulary it costs two to four times what building the logits does: for 3,840 tokens and 512 words, forward +
-backward, 34 vs 15 ms with the outputs TRL's SFT asks for and 59 vs 13 ms with all five
-(``python benchmarks/logprob_head_benchmark.py``), which makes a whole demo training step about 12 %
-faster.
+vocabulary they cost several times what building the logits does (``python benchmarks/logprob_head_benchmark.py``;
+the figures: docs/performance.md#cpu-speed-ups-for-tiny-models).
 
 ``full`` swaps :class:`FullLogitsLogProb` in for the duration of a run (:func:`logprob_head`): the same inputs and
 the same five per-token outputs (log-probability of the label, entropy, log of the summed squared probabilities,
