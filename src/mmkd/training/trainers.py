@@ -100,17 +100,32 @@ def _args(config_cls, s: TrainSettings, out_dir: str, seed: int, **extra):
         remove_unused_columns=False,
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
+        disable_tqdm=False,  # fixed, not derived from the log level, so the logged args do not depend on verbosity
         **extra,
     )
 
 
-class _StepAlignedDVCLive(DVCLiveCallback):
-    """transformers' dvclive callback counts log calls as steps; plot against the optimiser step instead."""
+# What a training log must not record, so that the same run on the same machine writes the same bytes: the trainer's
+# temporary output folder, and wall-clock speeds (TrainingProgress logs the time instead).
+MACHINE_SPECIFIC_ARGS = ("output_dir", "logging_dir")
+MACHINE_SPECIFIC_METRICS = ("train_runtime", "train_samples_per_second", "train_steps_per_second")
 
-    def on_log(self, args, state, control, **kwargs):
+
+class _StepAlignedDVCLive(DVCLiveCallback):
+    """transformers' dvclive callback, with the optimiser step as the step (it counts log calls) and without the
+    machine-specific values above."""
+
+    def setup(self, args, state, model):
+        self._initialized = True
+        if state.is_world_process_zero:
+            params = args.to_dict()
+            self.live.log_params({k: v for k, v in params.items() if k not in MACHINE_SPECIFIC_ARGS})
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
         if self.live is not None:
             self.live.step = state.global_step
-        super().on_log(args, state, control, **kwargs)
+        logs = {k: v for k, v in (logs or {}).items() if k not in MACHINE_SPECIFIC_METRICS}
+        super().on_log(args, state, control, logs=logs, **kwargs)
 
 
 class TrainingProgress(ProgressCallback):
