@@ -10,7 +10,7 @@ import argparse
 import logging
 
 from mmkd.console import setup_logging
-from mmkd.paths import answers_file, metrics_file
+from mmkd.paths import answers_file, metrics_file, run_log_file
 from mmkd.stage_io import read_params, write_json
 from mmkd.teacher_labelling import LabelStageError, error_budget, label_teacher, merge_shard_caches
 
@@ -49,7 +49,8 @@ def main() -> None:
                 answers_file(name, split).parent.mkdir(parents=True, exist_ok=True)
                 answers.write_parquet(answers_file(name, split))
             write_json(metrics_file(f"teachers/{name}"), run.metrics)
-        log.info("%s: %s", name, run.metrics)
+        write_json(run_log_file(f"label/{name}{'.shard' if args.shard else ''}"), run.accounting)
+        log.info("%s: %s", name, run.accounting)
         if (warning := error_budget(name, run, settings, cache)) is not None:
             log.warning(warning)
     except LabelStageError as exc:

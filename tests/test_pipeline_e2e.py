@@ -40,7 +40,14 @@ STAGES = (
     "evaluate",
 )
 # Everything DVC caches, so pushes and pulls: these outputs, and every folder in OUT_PARENTS (one per teacher/model).
-CACHED_OUTS = ("data/world", "data/split", "data/predictions")
+CACHED_OUTS = (
+    "data/world",
+    "data/split",
+    "data/predictions",
+    "dvclive/bootstrap/demo",
+    "dvclive/stage1",
+    "dvclive/stage2",
+)
 OUT_PARENTS = ("data/answers", "models")
 RUNNING = re.compile(r"Running stage '([^']+)'")
 # What each training stage writes, file for file: safetensors only, PEFT's model card, mmkd's adapter record.
@@ -265,6 +272,52 @@ def test_push_then_pull_restores_every_file(reproduced: Pipeline, tmp_path):
         assert "Data and pipelines are up to date" in status.stdout, describe(status)
     finally:
         git(reproduced, "checkout", "--", ".dvc/config")
+
+
+TRAINING_STAGES = {"bootstrap@demo", "stage1", "stage2"}
+
+
+def tracked_and_output_files(repo: Path) -> dict[str, bytes]:
+    """dvc.lock, every metric file in git and every file of the cached outputs, by path."""
+    files = {"dvc.lock": (repo / "dvc.lock").read_bytes()}
+    for folder in ("metrics", *CACHED_OUTS, *OUT_PARENTS):
+        files |= {str(p.relative_to(repo)): p.read_bytes() for p in (repo / folder).rglob("*") if p.is_file()}
+    return files
+
+
+def test_a_teammate_gets_the_pushed_run_without_training_and_a_cold_rerun_is_byte_identical(
+    reproduced: Pipeline, tmp_path
+):
+    """The one who ran pushes (`mmkd push`: DVC's push with the run cache, plus the metric files it leaves out); a
+    teammate's fresh clone with no outputs gets them from the run cache (`dvc repro --pull`) without training. Then a
+    cold re-run there (`--force`, no run cache) writes the same bytes, and git stays clean."""
+    repo = reproduced.repo
+    dvc(reproduced, "remote", "add", "-d", "local", str(tmp_path / "remote"))
+    try:
+        git(reproduced, "commit", "-q", "-am", "a remote")
+        run(repo, reproduced.env, sys.executable, "-m", "mmkd.cli", "push")
+        clone = tmp_path / "teammate"
+        run(tmp_path, reproduced.env, "git", "clone", "-q", str(repo), str(clone))
+        teammate = Pipeline(clone, reproduced.env, first_repro=None)
+        assert not (clone / "models/stage2").exists() and not (clone / ".dvc/cache").exists()
+
+        restored = dvc(teammate, "repro", "--pull")
+        ran = running_stages(restored)
+        # labelling is never restored from the run cache (its state is outside DVC): the local demo teachers label
+        # again, give the same answers, and every stage after them comes from the run cache
+        assert not ran & TRAINING_STAGES, describe(restored)
+        assert ran <= {f"label@{t}" for t in TEACHERS}, describe(restored)
+        assert tracked_and_output_files(clone) == tracked_and_output_files(repo)
+        assert git(teammate, "status", "--porcelain").stdout == ""
+
+        cold = dvc(teammate, "repro", "--force", "--no-run-cache")
+        assert running_stages(cold) == set(STAGES), describe(cold)
+        mine, theirs = tracked_and_output_files(repo), tracked_and_output_files(clone)
+        assert sorted(mine) == sorted(theirs)
+        assert [name for name in mine if mine[name] != theirs[name]] == []
+        assert git(teammate, "status", "--porcelain").stdout == ""
+    finally:
+        git(reproduced, "reset", "-q", "--hard", "HEAD~1")
 
 
 def shown_experiments(pipeline: Pipeline) -> dict[str, dict]:

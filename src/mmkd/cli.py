@@ -95,6 +95,17 @@ def _plots_offline(args: argparse.Namespace) -> int:
     return 0
 
 
+def _push(args: argparse.Namespace) -> int:
+    from mmkd.sharing import push_runs
+
+    counts = push_runs(args.repo, remote=args.remote, jobs=args.jobs)
+    print(
+        f"pushed {counts['files']} files and {counts['entries']} run-cache entries "
+        f"(+{counts['entry_objects']} files they list that `dvc push --run-cache` leaves out)"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="mmkd", description=__doc__)
@@ -132,6 +143,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     o.add_argument("--repo", default=".", help="root of the DVC repository (default: .)")
     o.set_defaults(func=_plots_offline)
+
+    u = sub.add_parser(
+        "push", help="`dvc push --run-cache`, plus the metric files its run-cache entries need (mmkd.sharing)"
+    )
+    u.add_argument("-r", "--remote", help="DVC remote name (default: the default remote)")
+    u.add_argument("-j", "--jobs", type=int, help="parallel transfers")
+    u.add_argument("--repo", default=".", help="root of the DVC repository (default: .)")
+    u.set_defaults(func=_push)
 
     args = parser.parse_args(argv)
     return args.func(args)

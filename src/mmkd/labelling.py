@@ -138,40 +138,56 @@ def label_items(
     return answers
 
 
-def teacher_metrics(backend: InferenceBackend, tally: LabelTally, wall_time_s: float) -> dict:
-    """Accounting of one labelling run, for ``metrics/teachers/<teacher>.json``.
-
-    ``requests`` counts HTTP requests (retries included) or, for a local model, items generated; ``cost`` is set
-    when the backend has prices per million tokens (``price_per_million_{prompt,completion}_tokens``).
-    """
-    usage = backend.usage
+def _prices(backend: InferenceBackend) -> tuple[float | None, float | None]:
     config = getattr(backend, "config", None)
-    prices = (
+    return (
         getattr(config, "price_per_million_prompt_tokens", None),
         getattr(config, "price_per_million_completion_tokens", None),
     )
 
-    def cost(prompt_tokens: int | None, completion_tokens: int | None) -> float | None:
-        if prices == (None, None) or prompt_tokens is None:
-            return None
-        return round(((prompt_tokens * (prices[0] or 0)) + ((completion_tokens or 0) * (prices[1] or 0))) / 1e6, 6)
 
+def _cost(prices: tuple[float | None, float | None], prompt_tokens: int | None, completion_tokens: int | None):
+    if prices == (None, None) or prompt_tokens is None:
+        return None
+    return round(((prompt_tokens * (prices[0] or 0)) + ((completion_tokens or 0) * (prices[1] or 0))) / 1e6, 6)
+
+
+def teacher_metrics(backend: InferenceBackend, tally: LabelTally) -> dict:
+    """What the labels are and cost, for ``metrics/teachers/<teacher>.json`` (tracked): the same for the same
+    answers, whether they came from the server or the answer cache, on any machine.
+
+    Tokens and cost cover every answer, cached ones included (what the labels cost in total, possibly paid over
+    several resumed runs); they are null for a backend that does not count tokens (a local model). The cost is set
+    when the backend has prices per million tokens (``price_per_million_{prompt,completion}_tokens``).
+    """
+    counted = backend.usage.prompt_tokens is not None
+    prompt, completion = (tally.answer_prompt_tokens, tally.answer_completion_tokens) if counted else (None, None)
+    return {
+        "items": tally.items,
+        "errors": tally.errors,
+        "skipped": tally.skipped,
+        "answers_prompt_tokens": prompt,
+        "answers_completion_tokens": completion,
+        "answers_cost": _cost(_prices(backend), prompt, completion),
+    }
+
+
+def run_accounting(backend: InferenceBackend, tally: LabelTally, wall_time_s: float) -> dict:
+    """What this run did, for the run log (untracked: it differs between a first run and a resumed one):
+    cache hits, items sent, HTTP requests (retries included; for a local model, items generated), this run's
+    tokens and cost, and wall time."""
+    usage = backend.usage
     return {
         "items": tally.items,
         "cache_hits": tally.cache_hits,
         "sent": tally.sent,
         "errors": tally.errors,
-        "skipped": tally.skipped,
         "requests": usage.requests,
         "retries": usage.retries,
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
+        "cost": _cost(_prices(backend), usage.prompt_tokens, usage.completion_tokens),
         "wall_time_s": round(wall_time_s, 3),
-        "cost": cost(usage.prompt_tokens, usage.completion_tokens),
-        # every answer of the run, cached ones included: what the labels cost in total
-        "answers_prompt_tokens": tally.answer_prompt_tokens if usage.prompt_tokens is not None else None,
-        "answers_completion_tokens": tally.answer_completion_tokens if usage.prompt_tokens is not None else None,
-        "answers_cost": cost(tally.answer_prompt_tokens, tally.answer_completion_tokens),
     }
 
 

@@ -17,6 +17,7 @@ PREDICTIONS = Path("data/predictions")  # evaluate: <model>.parquet, teachers/<t
 METRICS = Path("metrics")
 CONFUSION = METRICS / "confusion"  # evaluate: <model>.csv, teachers/<teacher>.csv
 DVCLIVE = Path("dvclive")  # training logs: bootstrap/<group>/<model>, stage1, stage2/{sft,dpo}
+RUN_LOGS = Path("logs")  # per-run accounting that differs between runs (git-ignored, not a DVC output)
 
 LABELLED_SPLITS = ("train", "test")  # the splits every teacher labels (test answers score the teacher itself)
 
@@ -34,6 +35,11 @@ def items_file(data_dir: str | Path, split: str) -> Path:
 def metrics_file(stage: str) -> Path:
     """``metrics/<stage>.json`` (``teachers/<teacher>`` for a label stage)."""
     return METRICS / f"{stage}.json"
+
+
+def run_log_file(stage: str) -> Path:
+    """``logs/<stage>.json`` (``label/<teacher>`` for a label stage): what one run did, e.g. requests and time."""
+    return RUN_LOGS / f"{stage}.json"
 
 
 def bootstrap_dirs(group: str) -> tuple[Path, Path]:

@@ -19,7 +19,7 @@ import polars as pl
 from mmkd.answer_cache import AnswerCache, cache_dir_for, cache_path
 from mmkd.inference import LabelSettings, label_settings, make_backend
 from mmkd.inference.openai_compat import ConfigError
-from mmkd.labelling import LabelTally, label_items, shard_items, teacher_metrics
+from mmkd.labelling import LabelTally, label_items, run_accounting, shard_items, teacher_metrics
 from mmkd.paths import LABELLED_SPLITS, answers_file, items_file
 from mmkd.schema import read_items
 
@@ -35,7 +35,8 @@ class TeacherRun:
     """What one labelling run produced."""
 
     answers: dict[str, pl.DataFrame] = field(default_factory=dict)  # split -> answers (empty for a shard run)
-    metrics: dict = field(default_factory=dict)  # metrics/teachers/<teacher>.json
+    metrics: dict = field(default_factory=dict)  # metrics/teachers/<teacher>.json: the labels (tracked)
+    accounting: dict = field(default_factory=dict)  # logs/label/<teacher>.json: this run (untracked)
     tally: LabelTally = field(default_factory=LabelTally)
 
 
@@ -99,7 +100,8 @@ def label_teacher(
             raise LabelStageError(str(exc)) from None
         if shard is None:
             run.answers[split] = answers
-    run.metrics = teacher_metrics(backend, run.tally, time.perf_counter() - start)
+    run.metrics = teacher_metrics(backend, run.tally)
+    run.accounting = run_accounting(backend, run.tally, time.perf_counter() - start)
     return run, settings, cache
 
 

@@ -110,10 +110,11 @@ def test_failed_items_fail_the_stage_and_a_rerun_asks_only_them(repo, server, tm
     got = answers(repo)
     assert got.filter(pl.col("status") == "error")["id"].to_list() == [bad]
     assert (got.filter(pl.col("id") != bad)["status"] == "ok").all()
-    metrics = json.loads((repo / "metrics/teachers/srv.json").read_text())
-    assert metrics["errors"] == 1 and metrics["sent"] == len(ids) and metrics["cache_hits"] == 0
-    assert metrics["requests"] == len(ids) + 1 and metrics["retries"] == 1  # max_retries: 1
-    assert metrics["cost"] == pytest.approx((metrics["prompt_tokens"] * 2 + metrics["completion_tokens"] * 6) / 1e6)
+    run_log = json.loads((repo / "logs/label/srv.json").read_text())  # this run's accounting (untracked)
+    assert run_log["errors"] == 1 and run_log["sent"] == len(ids) and run_log["cache_hits"] == 0
+    assert run_log["requests"] == len(ids) + 1 and run_log["retries"] == 1  # max_retries: 1
+    assert run_log["cost"] == pytest.approx((run_log["prompt_tokens"] * 2 + run_log["completion_tokens"] * 6) / 1e6)
+    assert json.loads((repo / "metrics/teachers/srv.json").read_text())["errors"] == 1
     assert sorted(asked(server)) == sorted(ids + [bad])
 
     server.set_faults({})  # the server recovers
@@ -122,9 +123,13 @@ def test_failed_items_fail_the_stage_and_a_rerun_asks_only_them(repo, server, tm
     assert second.returncode == 0, second.stderr
     assert asked(server, n) == [bad]  # only the failed item is asked again
     assert (answers(repo)["status"] == "ok").all()
+    run_log = json.loads((repo / "logs/label/srv.json").read_text())
+    assert (run_log["sent"], run_log["cache_hits"], run_log["errors"]) == (1, len(ids) - 1, 0)
     metrics = json.loads((repo / "metrics/teachers/srv.json").read_text())
-    assert (metrics["sent"], metrics["cache_hits"], metrics["errors"]) == (1, len(ids) - 1, 0)
-    assert metrics["answers_prompt_tokens"] > metrics["prompt_tokens"] > 0  # cached answers' tokens are kept
+    assert metrics["answers_prompt_tokens"] > run_log["prompt_tokens"] > 0  # cached answers' tokens are kept
+    assert metrics["answers_cost"] == pytest.approx(
+        (metrics["answers_prompt_tokens"] * 2 + metrics["answers_completion_tokens"] * 6) / 1e6
+    )
 
     n = len(server.prompts())
     third = run(repo, "-m", "dvc", "repro", "-s", "label@srv", env=env)
@@ -164,8 +169,58 @@ def test_shards_on_two_machines_merge_and_the_full_run_sends_nothing(repo, serve
     assert final.returncode == 0, final.stderr
     assert len(server.prompts()) == n  # every answer came from the merged cache
     assert (answers(repo)["status"] == "ok").all() and answers(repo)["id"].to_list() == item_ids(repo)
-    metrics = json.loads((repo / "metrics/teachers/srv.json").read_text())
-    assert (metrics["sent"], metrics["requests"], metrics["cache_hits"]) == (0, 0, len(item_ids(repo)))
+    run_log = json.loads((repo / "logs/label/srv.json").read_text())
+    assert (run_log["sent"], run_log["requests"], run_log["cache_hits"]) == (0, 0, len(item_ids(repo)))
+
+
+def test_the_tracked_metrics_are_the_same_whether_answers_came_from_the_server_or_the_cache(repo, server):
+    """metrics/teachers/<teacher>.json is in git: a resumed run and a fresh one must write the same bytes."""
+    env = {KEY_ENV: "sk-dummy"}
+    first = run(repo, "stages/label.py", "srv", env=env)
+    assert first.returncode == 0, first.stderr
+    fresh = (repo / "metrics/teachers/srv.json").read_bytes()
+    n = len(server.prompts())
+    again = run(repo, "stages/label.py", "srv", env=env)
+    assert again.returncode == 0, again.stderr
+    assert len(server.prompts()) == n  # all from the answer cache
+    assert (repo / "metrics/teachers/srv.json").read_bytes() == fresh
+    assert json.loads((repo / "logs/label/srv.json").read_text())["cache_hits"] == len(item_ids(repo))
+
+
+def test_labelling_is_never_restored_from_the_run_cache(repo, server, tmp_path):
+    """DVC's run cache keeps each run's outputs under its deps and params. Labelling depends on state DVC cannot
+    see (the server, the answer cache), so going back to earlier params must label again, not bring back the
+    answers of the earlier run."""
+    env = {KEY_ENV: "sk-dummy"}
+    params_file = repo / "params.yaml"
+    params = yaml.safe_load(params_file.read_text())
+
+    def set_max_tokens(value: int) -> None:
+        params["teachers"]["srv"]["max_tokens"] = value
+        params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+
+    set_max_tokens(256)
+    first = run(repo, "-m", "dvc", "repro", "-s", "label@srv", env=env)
+    assert first.returncode == 0, first.stderr
+    assert (answers(repo)["raw_text"] == server.answer).all()
+
+    set_max_tokens(128)  # another setting, and one item fails
+    bad = item_ids(repo)[1]
+    server.set_faults({f"[{bad}]": ["500"] * 10})
+    failed = run(repo, "-m", "dvc", "repro", "-s", "label@srv", env=env)
+    assert failed.returncode != 0 and "1 of" in failed.stdout + failed.stderr
+
+    set_max_tokens(256)  # back to the first run's params; meanwhile the server changed and the cache is gone
+    server.set_faults({})
+    server.answer = "Label: falsified. Rationale: the server was updated."
+    shutil.rmtree(tmp_path / "cache")
+    n = len(server.prompts())
+    again = run(repo, "-m", "dvc", "repro", "-s", "label@srv", env=env)
+    assert again.returncode == 0, again.stderr
+    assert "is cached - skipping run" not in again.stdout + again.stderr
+    assert sorted(asked(server, n)) == sorted(item_ids(repo))  # every item asked again
+    got = answers(repo)
+    assert (got["status"] == "ok").all() and (got["raw_text"] == server.answer).all(), "older answers came back"
 
 
 def test_shard_option_is_checked(tmp_path):
