@@ -11,7 +11,7 @@ from mmkd.demo.tiny import ARCHITECTURES
 from mmkd.inference import make_backend
 from mmkd.inference.local import LocalBackend, LocalConfig
 from mmkd.labelling import LabelTally, label_items, shard_items
-from mmkd.schema import ANSWER_SCHEMA, LABELS, items_frame, read_items
+from mmkd.schema import ANSWER_SCHEMA, LABELS, answers_frame, items_frame, read_items
 
 PROMPT_VERSION = "v1"
 
@@ -116,6 +116,30 @@ def test_local_teacher_with_a_cache_asks_each_item_once(tiny_models, world_dir, 
         longer = make_backend("llava", params | {"max_new_tokens": 9})  # another setting: another answer
         label_items(longer, items.head(1), source="llava", prompt_version=PROMPT_VERSION, cache=cache)
         assert longer.usage.requests == 1 and len(cache) == 5
+
+
+def test_previous_answers_are_reused_by_key_and_failures_never(tiny_models, world_dir):
+    """Without a cache, a run reuses the answers of an earlier one whose key matches (same model, settings, prompt,
+    image), loads no model when it needs none, and never reuses a failed answer."""
+    items = read_items(world_dir / "test.parquet").head(4)
+    params = {"model": str(tiny_models["llava"]), "prompt_version": PROMPT_VERSION, "max_new_tokens": 8}
+    teacher = make_backend("llava", params)
+    first = label_items(teacher, items, source="llava", prompt_version=PROMPT_VERSION, previous=answers_frame([]))
+    assert first["answer_key"].null_count() == 0 and first["answer_key"].n_unique() == 4
+    fresh = make_backend("llava", params)
+    tally = LabelTally()
+    again = label_items(fresh, items, source="llava", prompt_version=PROMPT_VERSION, previous=first, tally=tally)
+    assert again.equals(first)
+    assert (tally.reused, tally.sent, fresh.usage.requests) == (4, 0, 0) and fresh._loaded is None  # no model
+    failed = first.with_columns(
+        pl.when(pl.col("id") == items["id"][0]).then(pl.lit("error")).otherwise("status").alias("status")
+    )
+    other = make_backend("llava", params)
+    label_items(other, items, source="llava", prompt_version=PROMPT_VERSION, previous=failed, tally=LabelTally())
+    assert other.usage.requests == 1  # only the failed item is asked again
+    longer = make_backend("llava", params | {"max_new_tokens": 9})  # another setting: another key, asked again
+    label_items(longer, items, source="llava", prompt_version=PROMPT_VERSION, previous=first)
+    assert longer.usage.requests == 4
 
 
 def test_shards_are_disjoint_stable_and_cover_every_item(world_dir):

@@ -36,6 +36,7 @@ class LabelTally:
 
     items: int = 0
     cache_hits: int = 0
+    reused: int = 0  # answers taken from the previous outputs (``previous``), not from the cache
     sent: int = 0
     errors: int = 0
     skipped: int = 0
@@ -80,21 +81,26 @@ def label_items(
     chunk_size: int = 512,
     cache: AnswerCache | None = None,
     tally: LabelTally | None = None,
+    previous: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """Answers of ``backend`` to every item, in item order, in the answers schema.
 
     Items go to the backend ``chunk_size`` at a time, so only one chunk of images is in memory at once. With a
-    ``cache``, answered items are taken from it and each new answer is stored as soon as it arrives. ``tally``,
-    when given, is updated with what happened.
+    ``cache``, answered items are taken from it and each new answer is stored as soon as it arrives. ``previous``
+    (answers this labelling wrote before, e.g. pulled from a DVC remote) is a second source: a parsed or unparsed
+    answer whose ``answer_key`` matches is reused, and copied into the cache. Failed answers are never reused.
+    ``tally``, when given, is updated with what happened.
     """
     tally = tally if tally is not None else LabelTally()
-    identity = backend.identity() if cache is not None else None
+    keyed = cache is not None or previous is not None
+    identity = backend.identity() if keyed else None
+    reusable = _reusable(previous)
     rows: dict[str, dict] = {}
     bar = tqdm(total=len(items), desc=source, unit="item", dynamic_ncols=True, disable=len(items) == 0)
     keys: dict[str, str] = {}
 
     def on_reply(reply: InferenceReply) -> None:
-        rows[reply.item_id] = _answer_row(reply)
+        rows[reply.item_id] = _answer_row(reply, keys.get(reply.item_id))
         if reply.error is not None:
             tally.errors += 1
         else:
@@ -113,17 +119,31 @@ def label_items(
                 rows[row["id"]] = row
             tally.skipped += len(skipped)
             bar.update(len(skipped))
-            if cache is not None:
+            if keyed:
                 keys = {
                     r.item_id: answer_key(source, identity, prompt_version, r.prompt, file_sha256(r.image_path))
                     for r in requests
                 }
-                found = cache.get_many(keys.values())
+                found = cache.get_many(keys.values()) if cache is not None else {}
                 for r in requests:
-                    if (hit := found.get(keys[r.item_id])) is not None:
-                        rows[r.item_id] = _answer_row(InferenceReply(item_id=r.item_id, text=hit.text))
-                        tally.count_tokens(hit.prompt_tokens, hit.completion_tokens)
+                    key = keys[r.item_id]
+                    hit = found.get(key)
+                    if hit is None and (hit := reusable.get(key)) is not None:
+                        found[key] = hit
+                        tally.reused += 1
+                        if cache is not None:
+                            cache.put(key, source, r.item_id, hit)
+                    elif hit is not None:
                         tally.cache_hits += 1
+                    if hit is not None:
+                        reply = InferenceReply(
+                            item_id=r.item_id,
+                            text=hit.text,
+                            prompt_tokens=hit.prompt_tokens,
+                            completion_tokens=hit.completion_tokens,
+                        )
+                        rows[r.item_id] = _answer_row(reply, key)
+                        tally.count_tokens(hit.prompt_tokens, hit.completion_tokens)
                         bar.update(1)
                 requests = [r for r in requests if keys[r.item_id] not in found]
             tally.sent += len(requests)
@@ -180,6 +200,7 @@ def run_accounting(backend: InferenceBackend, tally: LabelTally, wall_time_s: fl
     return {
         "items": tally.items,
         "cache_hits": tally.cache_hits,
+        "reused": tally.reused,
         "sent": tally.sent,
         "errors": tally.errors,
         "requests": usage.requests,
@@ -191,9 +212,31 @@ def run_accounting(backend: InferenceBackend, tally: LabelTally, wall_time_s: fl
     }
 
 
-def _answer_row(reply: InferenceReply) -> dict:
+def _reusable(previous: pl.DataFrame | None) -> dict[str, CachedAnswer]:
+    """answer_key -> the answer, for the reusable rows of earlier answers (parsed or unparsed, with a key)."""
+    if previous is None or "answer_key" not in previous.columns:
+        return {}
+    rows = previous.filter(
+        pl.col("status").is_in(["ok", "unparsed"])
+        & pl.col("answer_key").is_not_null()
+        & pl.col("raw_text").is_not_null()
+    )
+    return {
+        r["answer_key"]: CachedAnswer(r["raw_text"], r["prompt_tokens"], r["completion_tokens"])
+        for r in rows.iter_rows(named=True)
+    }
+
+
+def _answer_row(reply: InferenceReply, key: str | None = None) -> dict:
+    tokens = {"answer_key": key, "prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens}
     if reply.error is not None:
-        return {"id": reply.item_id, "status": "error", "error": reply.error, "raw_text": reply.text}
+        return {
+            "id": reply.item_id,
+            "status": "error",
+            "error": reply.error,
+            "raw_text": reply.text,
+            "answer_key": key,
+        }
     parsed = parse_answer(reply.text)
     return {
         "id": reply.item_id,
@@ -202,4 +245,5 @@ def _answer_row(reply: InferenceReply) -> dict:
         "raw_text": reply.text,
         "status": parsed.status,
         "error": parsed.reason,
+        **tokens,
     }

@@ -41,7 +41,13 @@ ANSWER_SCHEMA: dict[str, pl.DataType] = {
     "status": pl.String(),
     "error": pl.String(),  # what went wrong and how to fix it, null when status == "ok"
     "prompt_version": pl.String(),
+    # The answer-cache key (mmkd.answer_cache.answer_key: model, settings, prompt, image) and the tokens the answer
+    # took, so that a later run can reuse the answer without asking again; null where unknown (a predictions file).
+    "answer_key": pl.String(),
+    "prompt_tokens": pl.Int64(),
+    "completion_tokens": pl.Int64(),
 }
+ANSWER_OPTIONAL = ("answer_key", "prompt_tokens", "completion_tokens")  # files written before they existed
 
 
 # The conflict split (``split`` writes them, ``stage2`` reads them; see mmkd.conflict).
@@ -127,7 +133,7 @@ def read_gold(path: str | Path) -> pl.DataFrame:
 def read_answers(path: str | Path) -> pl.DataFrame:
     """Read and validate a table of answers."""
     path = Path(path)
-    return _conform(pl.read_parquet(path), ANSWER_SCHEMA, path)
+    return _conform(pl.read_parquet(path), ANSWER_SCHEMA, path, optional=ANSWER_OPTIONAL)
 
 
 def read_conflicts(path: str | Path) -> pl.DataFrame:

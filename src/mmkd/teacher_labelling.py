@@ -1,7 +1,8 @@
 """One teacher labels the dataset: the work of ``label@<teacher>``, and of its ``--shard`` / ``--merge`` modes.
 
 - ``label_teacher`` answers every item of the labelled splits (or one shard of them, into the cache only) and
-  returns the answers and the accounting;
+  returns the answers and the accounting; answers come from the answer cache, or from this stage's previous
+  outputs, before anything is asked (the stage re-runs on every ``dvc repro``, so that earlier failures are retried);
 - ``merge_shard_caches`` copies the caches that shards filled on other machines into this machine's cache;
 - ``error_budget`` says whether the failed items are within ``max_errors`` (the stage fails when not, after writing
   its outputs, so that a re-run asks only the failed items).
@@ -21,7 +22,7 @@ from mmkd.inference import LabelSettings, label_settings, make_backend
 from mmkd.inference.openai_compat import ConfigError
 from mmkd.labelling import LabelTally, label_items, run_accounting, shard_items, teacher_metrics
 from mmkd.paths import LABELLED_SPLITS, answers_file, items_file
-from mmkd.schema import read_items
+from mmkd.schema import SchemaError, answers_frame, read_answers, read_items
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,19 @@ def merge_shard_caches(name: str, params: dict, files: list[str]) -> list[tuple[
     return merged
 
 
+def previous_answers(name: str, split: str) -> pl.DataFrame:
+    """The answers this stage wrote last time (kept by DVC: ``persist``; or pulled from a remote); empty when there
+    are none. An unreadable file is ignored with a warning: its items are then asked again."""
+    path = answers_file(name, split)
+    if not path.is_file():
+        return answers_frame([])
+    try:
+        return read_answers(path)
+    except (SchemaError, pl.exceptions.PolarsError, OSError) as exc:
+        log.warning("%s: ignoring the previous answers in %s (%s); their items are asked again", name, path, exc)
+        return answers_frame([])
+
+
 def label_teacher(
     name: str, params: dict, data_dir: str | Path, *, shard: tuple[int, int] | None = None
 ) -> tuple[TeacherRun, LabelSettings, AnswerCache | None]:
@@ -94,7 +108,13 @@ def label_teacher(
             items = shard_items(items, *shard)
         try:
             answers = label_items(
-                backend, items, source=name, prompt_version=settings.prompt_version, cache=cache, tally=run.tally
+                backend,
+                items,
+                source=name,
+                prompt_version=settings.prompt_version,
+                cache=cache,
+                tally=run.tally,
+                previous=previous_answers(name, split),
             )
         except ConfigError as exc:  # the server refused the key, the model or the URL
             raise LabelStageError(str(exc)) from None

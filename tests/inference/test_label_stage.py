@@ -134,7 +134,7 @@ def test_failed_items_fail_the_stage_and_a_rerun_asks_only_them(repo, server, tm
     n = len(server.prompts())
     third = run(repo, "-m", "dvc", "repro", "-s", "label@srv", env=env)
     assert third.returncode == 0, third.stderr
-    assert len(server.prompts()) == n  # nothing changed: DVC does not run the stage
+    assert third.returncode == 0 and len(server.prompts()) == n  # every item has its answer: nothing is asked
     assert all(r.authorization == f"Bearer {key}" for r in server.requests)
 
     # The key is in no file of the repo (dvc.lock, params, outputs, metrics, DVC's cache) nor of the answer cache,
@@ -221,6 +221,43 @@ def test_labelling_is_never_restored_from_the_run_cache(repo, server, tmp_path):
     assert sorted(asked(server, n)) == sorted(item_ids(repo))  # every item asked again
     got = answers(repo)
     assert (got["status"] == "ok").all() and (got["raw_text"] == server.answer).all(), "older answers came back"
+
+
+def test_accepted_failures_are_retried_by_a_plain_repro(repo, server):
+    """With max_errors, a run with a failed item succeeds; the next plain `dvc repro` asks that item again."""
+    env = {KEY_ENV: "sk-dummy"}
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["teachers"]["srv"]["max_errors"] = 1
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    bad = item_ids(repo)[3]
+    server.set_faults({f"[{bad}]": ["500"] * 10})
+    first = run(repo, "-m", "dvc", "repro", "-s", "label@srv", env=env)
+    assert first.returncode == 0, first.stderr
+    assert "1 of" in first.stderr and answers(repo).filter(pl.col("status") == "error")["id"].to_list() == [bad]
+
+    server.set_faults({})
+    n = len(server.prompts())
+    again = run(repo, "-m", "dvc", "repro", "-s", "label@srv", env=env)
+    assert again.returncode == 0, again.stderr
+    assert asked(server, n) == [bad]
+    assert (answers(repo)["status"] == "ok").all()
+
+
+def test_answers_pulled_without_the_cache_are_reused_not_asked_again(repo, server, tmp_path):
+    """A teammate who `dvc pull`s the answers has no answer cache: the stage reuses its previous outputs."""
+    env = {KEY_ENV: "sk-dummy"}
+    first = run(repo, "-m", "dvc", "repro", "-s", "label@srv", env=env)
+    assert first.returncode == 0, first.stderr
+    labelled = answers(repo)
+    shutil.rmtree(tmp_path / "cache")
+    n = len(server.prompts())
+    again = run(repo, "-m", "dvc", "repro", "-s", "label@srv", env=env)
+    assert again.returncode == 0, again.stderr
+    assert len(server.prompts()) == n
+    assert answers(repo).equals(labelled)
+    run_log = json.loads((repo / "logs/label/srv.json").read_text())
+    assert (run_log["reused"], run_log["sent"]) == (len(item_ids(repo)), 0)
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir())[0] == "srv.sqlite"  # the cache is seeded again
 
 
 def test_shard_option_is_checked(tmp_path):

@@ -44,13 +44,20 @@ class LocalBackend:
     """Generates greedily in batches with left padding through the model's own processor and chat template."""
 
     def __init__(self, config: LocalConfig, name: str = "local"):
-        from mmkd.modeling import load_model, load_student  # torch + transformers: only when a local model runs
-
         self.config = config
         self.name = name
         self.usage = BackendUsage()
+        self._loaded = None
+
+    def _load(self):
+        """The model and processor, loaded on first use: a run whose answers all come from the cache loads none."""
+        if self._loaded is not None:
+            return self._loaded
+        from mmkd.modeling import load_model, load_student  # torch + transformers: only when a local model runs
+
+        config = self.config
         if config.adapter:
-            self.model, self.processor = load_student(
+            self._loaded = load_student(
                 config.model,
                 config.adapter,
                 dtype=config.dtype,
@@ -58,7 +65,7 @@ class LocalBackend:
                 max_image_pixels=config.max_image_pixels,
             )
         else:
-            self.model, self.processor = load_model(
+            self._loaded = load_model(
                 config.model,
                 dtype=config.dtype,
                 device=config.device,
@@ -66,6 +73,15 @@ class LocalBackend:
                 attn_implementation=config.attn_implementation,
                 max_image_pixels=config.max_image_pixels,
             )
+        return self._loaded
+
+    @property
+    def model(self):
+        return self._load()[0]
+
+    @property
+    def processor(self):
+        return self._load()[1]
 
     def answer(self, requests: list[InferenceRequest], on_reply: ReplyCallback | None = None) -> list[InferenceReply]:
         from mmkd.modeling import generate
