@@ -156,8 +156,19 @@ def source_deps(stage) -> set[str]:
     return files
 
 
-def test_every_stage_depends_on_exactly_the_code_it_runs(stages):
+def stages_for(overrides: list[str], tmp_path: Path) -> dict[str, object]:
+    """The stages of dvc.yaml resolved against the params that ``overrides`` compose to."""
+    (tmp_path / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(compose(overrides, ROOT / "conf"), sort_keys=False))
+    with Repo.init(str(tmp_path), no_scm=True) as repo:
+        return {stage.name: stage for stage in repo.index.stages}
+
+
+@pytest.mark.parametrize("overrides", [[], ["data=newsclippings", "bootstrap=none", "teachers=vllm"]])
+def test_every_stage_depends_on_exactly_the_code_it_runs(overrides, tmp_path):
     """A change to any module a stage runs must re-run it, and a module it never runs must not (STYLE.md)."""
+    stages = stages_for(overrides, tmp_path)
+    assert ("prepare@newsclippings" in stages) == bool(overrides), sorted(stages)
     for name, stage in stages.items():
         scripts = [ROOT / word for word in shlex.split(stage.cmd) if word.endswith(".py")]
         needed = set().union(*(import_closure(s) for s in scripts))
