@@ -86,8 +86,11 @@ def test_answers_through_the_server_equal_the_local_backend(served_llava, world_
     assert served.schema == pl.Schema(ANSWER_SCHEMA)
     assert len(proxy.prompts) == len(items)
     assert served["status"].is_in(["ok", "unparsed"]).all()
-    # Same greedy decoding of the same weights, image and chat template: the same text, whatever path it took.
-    assert served.equals(expected), (served["raw_text"].to_list(), expected["raw_text"].to_list())
+    # Same greedy decoding of the same weights, image and chat template: the same text, whatever path it took. Only
+    # the server counts tokens, so those columns differ (a local model reports none).
+    assert served["prompt_tokens"].is_not_null().all() and expected["prompt_tokens"].is_null().all()
+    answer = [c for c in ANSWER_SCHEMA if c not in ("prompt_tokens", "completion_tokens")]
+    assert served.select(answer).equals(expected.select(answer)), (served["raw_text"].to_list(), expected["raw_text"])
 
 
 def test_a_labeller_killed_part_way_resumes_without_asking_cached_items(served_llava, world_dir, tmp_path):
