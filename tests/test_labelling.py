@@ -155,3 +155,17 @@ def test_shards_are_disjoint_stable_and_cover_every_item(world_dir):
 def test_labelling_settings_are_not_passed_to_the_backend():
     with pytest.raises(ValueError, match="teacher 'x': max_errors must be >= 0"):
         make_backend("x", {"model": "m", "prompt_version": "v1", "weights": "m", "cache_dir": "c", "max_errors": -1})
+
+
+def test_the_error_message_names_the_cache_even_when_it_is_empty(tmp_path):
+    """An answer cache that holds nothing yet (every item failed) is still where the next run looks."""
+    from mmkd.inference import LabelSettings
+    from mmkd.teacher_labelling import LabelStageError, TeacherRun, error_budget
+
+    run = TeacherRun(tally=LabelTally(items=3, errors=3))
+    with AnswerCache(tmp_path / "srv.sqlite") as cache:
+        assert len(cache) == 0
+        with pytest.raises(LabelStageError, match=f"3 of 3 items failed.*the answer cache {cache.path}"):
+            error_budget("srv", run, LabelSettings(prompt_version="v1"), cache)
+    accepted = error_budget("srv", run, LabelSettings(prompt_version="v1", max_errors=3), None)
+    assert "no cache (set cache_dir" in accepted

@@ -130,7 +130,7 @@ def error_budget(name: str, run: TeacherRun, settings: LabelSettings, cache: Ans
     more than ``max_errors`` (the caller writes its outputs first)."""
     if not run.tally.errors:
         return None
-    where = f"the answer cache {cache.path}" if cache else "no cache (set cache_dir to keep them)"
+    where = f"the answer cache {cache.path}" if cache is not None else "no cache (set cache_dir to keep them)"
     message = (
         f"label@{name}: {run.tally.errors} of {run.tally.items} items failed (status 'error' in "
         f"{answers_file(name, '<split>')}); the other answers are in {where}. Re-run to retry only the failed items"
