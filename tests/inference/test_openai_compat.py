@@ -59,6 +59,7 @@ def test_faults_are_retried_and_items_that_keep_failing_become_errors():
     failed = {i for i, r in replies.items() if r.error}
     assert failed == {"id5", "id6"}
     assert "HTTP 500" in replies["id5"].error and "after 3 attempt(s)" in replies["id5"].error
+    assert "injected internal error" in replies["id5"].error  # the server's own reason is kept
     assert "timed out" in replies["id6"].error and "after 3 attempt(s)" in replies["id6"].error
     for item_id in set(replies) - failed:  # no lost answers
         assert parse_answer(replies[item_id].text).status == "ok", replies[item_id]
@@ -120,8 +121,10 @@ def test_api_key_comes_from_the_named_environment_variable(monkeypatch):
     monkeypatch.delenv("MMKD_TEST_KEY")
     with pytest.raises(ValueError, match=r"teacher 'srv': the environment variable MMKD_TEST_KEY .* is not set"):
         teacher("http://127.0.0.1:9/v1", api_key_env="MMKD_TEST_KEY")
-    with pytest.raises(ValueError, match="api_key_env must be the \\*name\\* of an environment variable"):
-        teacher("http://127.0.0.1:9/v1", api_key_env="sk-live-abc.def")
+    for value in ("sk-live-abc.def", "hf_AbCdEf0123456789abcdef", "AKIAABCDEFGHIJKLMNOP", "A" * 8 + "1" * 30, 12):
+        with pytest.raises(ValueError, match="api_key_env must be the \\*name\\* of an environment variable") as err:
+            teacher("http://127.0.0.1:9/v1", api_key_env=value)
+        assert str(value) not in str(err.value)  # the value (maybe a key) is never echoed
 
 
 def test_a_refused_key_stops_the_run_with_a_message():

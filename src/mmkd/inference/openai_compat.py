@@ -22,6 +22,7 @@ import logging
 import mimetypes
 import os
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,10 +93,12 @@ class OpenAICompatConfig:
             )
         if self.structured_output not in (None, *STRUCTURED_OUTPUTS):
             raise ValueError(f"structured_output must be null or one of {STRUCTURED_OUTPUTS}")
-        if self.api_key_env is not None and not self.api_key_env.replace("_", "").isalnum():
+        if self.api_key_env is not None and not is_variable_name(self.api_key_env):
+            # never echo the value: it may be the key itself
             raise ValueError(
-                f"api_key_env must be the *name* of an environment variable (like VLLM_API_KEY), not a key; "
-                f"got a value of {len(self.api_key_env)} characters"
+                "api_key_env must be the *name* of an environment variable: upper-case letters, digits and _, "
+                f"like VLLM_API_KEY; got a value of {len(str(self.api_key_env))} characters that is not one "
+                "(if it is your key, remove it from the config and rotate it)"
             )
 
     def request_fields(self) -> dict:
@@ -300,9 +303,31 @@ def image_data_url(request: InferenceRequest) -> str:
     return f"data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}"
 
 
+# An environment variable's name by convention (POSIX allows lower case too; refusing it catches keys such as hf_...).
+VARIABLE_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
+# Values that are keys, whatever their case: AWS access key ids, and long runs of letters and digits.
+KEY_LIKE = re.compile(r"(AKIA|ASIA)[A-Z0-9]{12,}|[A-Z0-9]{32,}")
+SERVER_REASON_CHARS = 300  # how much of the server's own error message an error row keeps
+
+
+def is_variable_name(value: object) -> bool:
+    """Whether ``value`` can be the name of the variable that holds a key, and does not look like a key itself."""
+    return isinstance(value, str) and bool(VARIABLE_NAME.fullmatch(value)) and not KEY_LIKE.fullmatch(value)
+
+
+def _server_reason(exc: openai.APIStatusError) -> str:
+    """The server's own message (``{"error": {"message": ...}}`` or the body), on one line, truncated."""
+    body = exc.body
+    if isinstance(body, dict):
+        body = body.get("error", body)
+        body = body.get("message", body) if isinstance(body, dict) else body
+    text = " ".join(str(body if body is not None else exc.message).split())
+    return text if len(text) <= SERVER_REASON_CHARS else text[: SERVER_REASON_CHARS - 3] + "..."
+
+
 def _describe(exc: Exception) -> str:
     if isinstance(exc, openai.APIStatusError):
-        return f"HTTP {exc.status_code} ({type(exc).__name__})"
+        return f"HTTP {exc.status_code} ({type(exc).__name__}: {_server_reason(exc)})"
     if isinstance(exc, openai.APITimeoutError):
         return "timed out (APITimeoutError)"
     if isinstance(exc, openai.APIConnectionError):
