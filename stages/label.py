@@ -55,6 +55,11 @@ def main() -> None:
             log.warning(warning)
     except LabelStageError as exc:
         raise SystemExit(str(exc)) from None
+    except KeyboardInterrupt:  # each answer was committed to the cache as it came: the next run resumes from there
+        raise SystemExit(
+            f"label@{name}: interrupted; the answers received so far are in the answer cache "
+            f"(teachers.{name}.cache_dir) and the next run asks only the others"
+        ) from None
 
 
 if __name__ == "__main__":

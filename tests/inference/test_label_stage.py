@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -18,6 +20,7 @@ import yaml
 from dvc_env import offline_env
 from fault_server import FaultInjectingChatServer
 
+from mmkd.answer_cache import AnswerCache
 from mmkd.demo.world import make_world
 from mmkd.schema import read_answers
 
@@ -258,6 +261,31 @@ def test_answers_pulled_without_the_cache_are_reused_not_asked_again(repo, serve
     run_log = json.loads((repo / "logs/label/srv.json").read_text())
     assert (run_log["reused"], run_log["sent"]) == (len(item_ids(repo)), 0)
     assert sorted(p.name for p in (tmp_path / "cache").iterdir())[0] == "srv.sqlite"  # the cache is seeded again
+
+
+def test_ctrl_c_ends_with_one_line_and_keeps_the_answers(repo, server, tmp_path):
+    """SIGINT mid-run: no traceback, a message that says what to do, and the answers so far stay in the cache."""
+    server.hang_s = 30
+    server.set_faults({f"[{item_ids(repo)[-1]}]": ["hang"]})  # the last item hangs; the others are answered
+    proc = subprocess.Popen(
+        [sys.executable, "stages/label.py", "srv"],
+        cwd=repo,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=offline_env() | {KEY_ENV: "sk-dummy"},
+    )
+    deadline = time.monotonic() + 60
+    while len(server.prompts()) < len(item_ids(repo)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)  # the answered items reach the cache
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert "label@srv: interrupted; the answers received so far are in the answer cache" in err
+    with AnswerCache(tmp_path / "cache" / "srv.sqlite") as cache:
+        assert len(cache) >= 1
 
 
 def test_shard_option_is_checked(tmp_path):
