@@ -42,6 +42,19 @@ def test_requests_are_concurrent_and_bounded():
     assert t.usage.completion_tokens == sum(r.completion_tokens for r in replies) > 0
 
 
+def test_an_item_takes_at_most_max_retries_plus_one_attempts_whatever_the_mix_of_faults():
+    """5xx (retried by the SDK) and malformed 200s (retried by mmkd) share one budget, and the message counts true."""
+    faults = {"item-0.": ["500", "malformed"] * 10, "item-1.": ["malformed", "500"] * 10}
+    with FaultInjectingChatServer(faults=faults) as server:
+        t = teacher(server.base_url, max_concurrency=2, max_retries=3)
+        replies = {r.item_id: r for r in t.answer(requests(3))}
+        seen = list(server.requests)
+    for i in (0, 1):
+        assert len([r for r in seen if f"item-{i}." in r.prompt]) == 4, i  # 1 + max_retries
+        assert "after 4 attempt(s)" in replies[f"id{i}"].error, replies[f"id{i}"].error
+    assert replies["id2"].error is None and t.usage.requests == len(seen) == 4 + 4 + 1
+
+
 def test_faults_are_retried_and_items_that_keep_failing_become_errors():
     faults = {
         "item-1.": ["500"],

@@ -3,10 +3,11 @@ hosted API), called through the official ``openai`` SDK.
 
 Requests are asynchronous and bounded: each server gets ``max_concurrency`` workers that pull items from one
 shared queue, so several servers (a list of base URLs) share the work by speed. Faults are retried by the SDK
-itself (``max_retries``, exponential backoff, ``Retry-After`` honoured) on 408/409/429/5xx, timeouts and
-connection errors; a 200 whose body is not a chat completion (malformed JSON) is retried here with the same
-budget. An item that still fails comes back as an error reply and the other items go on. Errors that concern
-the configuration rather than an item (bad key, unknown model or URL) stop the run with a message.
+itself (exponential backoff, ``Retry-After`` honoured) on 408/409/429/5xx, timeouts and connection errors; a 200
+whose body is not a chat completion (malformed JSON) is retried here. Both share one budget: at most
+``max_retries + 1`` HTTP attempts per item in all. An item that still fails comes back as an error reply and the
+other items go on. Errors that concern the configuration rather than an item (bad key, unknown model or URL) stop
+the run with a message.
 
 The API key is read from the environment variable *named* by ``api_key_env``; the key itself is never in params,
 logs, outputs or metrics.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextvars
 import io
 import json
 import logging
@@ -207,6 +209,8 @@ class OpenAICompatBackend:
     def _client(self, url: str) -> openai.AsyncOpenAI:
         async def count_request(request) -> None:  # every HTTP attempt, retries included
             self.usage.requests += 1
+            if (counter := _ITEM_ATTEMPTS.get()) is not None:  # the item this task is asking about
+                counter[0] += 1
 
         return openai.AsyncOpenAI(
             base_url=url,
@@ -217,8 +221,12 @@ class OpenAICompatBackend:
         )
 
     async def _ask(self, url: str, client: openai.AsyncOpenAI, request: InferenceRequest) -> InferenceReply:
-        """One item: the SDK retries transport faults; malformed 200 replies are retried here."""
+        """One item, in at most ``max_retries + 1`` HTTP attempts in all: the SDK retries transport faults, this loop
+        retries malformed 200 replies, and each SDK call gets only the attempts that are left."""
         self._items_sent += 1
+        attempts = [0]  # counted by the client's request hook, for this task's current item
+        _ITEM_ATTEMPTS.set(attempts)
+        budget = self.config.max_retries + 1
         messages = [
             {
                 "role": "user",
@@ -229,9 +237,12 @@ class OpenAICompatBackend:
             }
         ]
         fields = self.config.request_fields()
-        for attempt in range(self.config.max_retries + 1):
+        while True:
+            left = budget - attempts[0]
             try:
-                completion = await client.chat.completions.create(messages=messages, **fields)
+                completion = await client.with_options(max_retries=left - 1).chat.completions.create(
+                    messages=messages, **fields
+                )
                 text = self._text(completion)
             except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as exc:
                 raise ConfigError(
@@ -239,12 +250,12 @@ class OpenAICompatBackend:
                     f"and the key in ${self.config.api_key_env or '<api_key_env not set>'}. Answers so far are cached."
                 ) from None
             except (MalformedReply, openai.APIResponseValidationError, ValueError) as exc:  # ValueError: bad JSON
-                if attempt < self.config.max_retries:
-                    await asyncio.sleep(min(0.5 * 2**attempt, 8.0) * (1 - 0.25 * random.random()))
+                if attempts[0] < budget:
+                    await asyncio.sleep(min(0.5 * 2 ** attempts[0], 8.0) * (1 - 0.25 * random.random()))
                     continue
-                return self._failed(request, url, exc, attempt + 1)
-            except openai.APIError as exc:  # the SDK has already spent its retries (or the error is not retryable)
-                return self._failed(request, url, exc, None)
+                return self._failed(request, url, exc, attempts[0])
+            except openai.APIError as exc:  # the SDK has spent the attempts left (or the error is not retryable)
+                return self._failed(request, url, exc, attempts[0] or 1)
             usage = getattr(completion, "usage", None)
             prompt_tokens = getattr(usage, "prompt_tokens", None)
             completion_tokens = getattr(usage, "completion_tokens", None)
@@ -255,12 +266,8 @@ class OpenAICompatBackend:
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens,
             )
-        raise AssertionError("unreachable")
 
-    def _failed(self, request: InferenceRequest, url: str, exc: Exception, attempts: int | None) -> InferenceReply:
-        if attempts is None:  # the SDK's last attempt carries its retry count
-            last = getattr(exc, "request", None)
-            attempts = int(last.headers.get("x-stainless-retry-count", 0)) + 1 if last is not None else 1
+    def _failed(self, request: InferenceRequest, url: str, exc: Exception, attempts: int) -> InferenceReply:
         error = (
             f"teacher {self.name!r} at {url}: {_describe(exc)} after {attempts} attempt(s); "
             "re-run labelling to retry the failed items only (answers are cached)"
@@ -307,6 +314,9 @@ def image_data_url(request: InferenceRequest) -> str:
 VARIABLE_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
 # Values that are keys, whatever their case: AWS access key ids, and long runs of letters and digits.
 KEY_LIKE = re.compile(r"(AKIA|ASIA)[A-Z0-9]{12,}|[A-Z0-9]{32,}")
+# HTTP attempts for the item a task is asking about, counted by the client's request hook (each worker task asks
+# about one item at a time, and a context variable is per task).
+_ITEM_ATTEMPTS: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("mmkd_item_attempts", default=None)
 SERVER_REASON_CHARS = 300  # how much of the server's own error message an error row keeps
 
 
