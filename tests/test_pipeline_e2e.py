@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 from dvc_env import describe, offline_env
+from expected_files import ADAPTER_FILES, DEMO_MODEL_FILES
 
 from mmkd.evaluation import METRIC_KEYS
 
@@ -50,17 +51,6 @@ CACHED_OUTS = (
 )
 OUT_PARENTS = ("data/answers", "models")
 RUNNING = re.compile(r"Running stage '([^']+)'")
-# What each training stage writes, file for file: safetensors only, PEFT's model card, mmkd's adapter record.
-ADAPTER_FILES = {"README.md", "adapter_config.json", "adapter_model.safetensors", "mmkd_adapter.json"}
-DEMO_MODEL_FILES = {
-    "chat_template.jinja",
-    "config.json",
-    "generation_config.json",
-    "model.safetensors",
-    "processor_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-}
 DEMO_MODELS = (*TEACHERS, "student_base")
 LIVE_TOP = {"metrics.json", "params.yaml", "plots"}  # a dvclive folder: summary, params, one TSV per logged value
 

@@ -173,9 +173,9 @@ def frame(rows: list[dict], schema: dict[str, pl.DataType]) -> pl.DataFrame:
 
 def answers_frame(rows: list[dict]) -> pl.DataFrame:
     """Build an answers table with the exact schema (also when ``rows`` is empty)."""
-    return pl.DataFrame(rows, schema=ANSWER_SCHEMA)
+    return frame(rows, ANSWER_SCHEMA)
 
 
 def items_frame(rows: list[dict]) -> pl.DataFrame:
     """Build an items table with the exact schema."""
-    return pl.DataFrame(rows, schema=ITEM_SCHEMA)
+    return frame(rows, ITEM_SCHEMA)

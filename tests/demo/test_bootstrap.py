@@ -3,6 +3,7 @@
 import polars as pl
 import pytest
 import torch
+from expected_files import DEMO_MODEL_FILES
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -191,7 +192,7 @@ def test_bootstrapped_model_loads_through_auto_classes(world, tmp_path, arch):
         type(model).__name__
         == {"qwen2_vl": "Qwen2VLForConditionalGeneration", "llava": "LlavaForConditionalGeneration"}[arch]
     )
-    assert {p.name for p in out.iterdir()} == MODEL_FILES  # safetensors weights, no pickles
+    assert {p.name for p in out.iterdir()} == DEMO_MODEL_FILES  # safetensors weights, no pickles
     assert (tmp_path / "live" / "metrics.json").is_file()
     # Every attribute word, after a space as it appears in captions and targets, is a single token:
     # otherwise a tiny model has to learn to spell, and copying words between slots breaks.
@@ -208,16 +209,6 @@ def test_corpus_covers_every_target_format():
     assert any("Caption: " in t for t in texts)
 
 
-# What a bootstrapped model folder holds, file for file: a model and processor that from_pretrained can load.
-MODEL_FILES = {
-    "chat_template.jinja",
-    "config.json",
-    "generation_config.json",
-    "model.safetensors",
-    "processor_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-}
 TINY_TRAIN = {"max_steps": 2, "batch_size": 8, "logging_steps": 1}
 
 
@@ -238,7 +229,7 @@ def test_a_group_trained_side_by_side_gives_the_models_trained_one_after_the_oth
     assert set(together) == {"teacher", "base"}
     for name, out in together.items():
         assert out == tmp_path / "together" / name
-        assert {p.name for p in out.iterdir()} == MODEL_FILES, name
+        assert {p.name for p in out.iterdir()} == DEMO_MODEL_FILES, name
         assert (tmp_path / "live_together" / name / "metrics.json").is_file()
         a, b = load_file(apart[name] / "model.safetensors"), load_file(out / "model.safetensors")
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
@@ -281,7 +272,7 @@ def test_init_from_starts_from_the_named_models_trained_weights(world, tmp_path)
     assert all(torch.allclose(parent[k], started[k], atol=1e-9) for k in parent)
     assert not all(torch.allclose(scratch[k], started[k], atol=1e-3) for k in parent)
     assert (out["child"] / "tokenizer.json").read_bytes() == (out["teacher"] / "tokenizer.json").read_bytes()
-    assert {p.name for p in out["child"].iterdir()} == MODEL_FILES
+    assert {p.name for p in out["child"].iterdir()} == DEMO_MODEL_FILES
     assert (
         type(AutoModelForImageTextToText.from_pretrained(out["child"])).__name__ == "Qwen2VLForConditionalGeneration"
     )

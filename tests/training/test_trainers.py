@@ -10,6 +10,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 import torch
+from expected_files import ADAPTER_FILES
 from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoProcessor
@@ -18,10 +19,6 @@ from mmkd.demo.tiny import ARCHITECTURES
 from mmkd.modeling import ADAPTER_INFO, adapter_chain, generate, load_model, load_student, user_turn
 from mmkd.training.config import DPOSettings, LoraSettings, Stage2Settings, TrainSettings, from_params
 from mmkd.training.trainers import check_dpo_length, run_stage1, run_stage2
-
-# What a training stage writes to its adapter folder, file for file: PEFT's adapter (safetensors) and model card,
-# and mmkd's record of the base, the parent adapter and the prompt version.
-ADAPTER_FILES = {"README.md", "adapter_config.json", "adapter_model.safetensors", ADAPTER_INFO}
 
 STAGE2_ARCH = "llava"  # the demo student's architecture, for the tests that need only one
 
