@@ -4,6 +4,9 @@ with its accounting in metrics/teachers/<teacher>.json (see mmkd.teacher_labelli
 Outside DVC, the same script spreads a large run over machines: ``--shard I/N`` labels shard I of N (0-based) into
 the answer cache only, ``--merge FILE...`` copies shard caches into this machine's cache, and then
 ``dvc repro label@<teacher>`` writes the outputs from the cache without sending a request (docs/teacher_servers.md).
+``--retry-unparsed`` asks again the items whose answer was cached but does not parse (an empty reply, a reply not in
+the answer format): they are cached for good otherwise; the new answers replace them in the cache, so the next
+``dvc repro`` (run it after, to record the outputs) uses them.
 """
 
 import argparse
@@ -33,6 +36,11 @@ def main() -> None:
     parser.add_argument("teacher")
     parser.add_argument("--shard", type=shard_arg, metavar="I/N", help="label shard I of N into the cache only")
     parser.add_argument("--merge", nargs="+", metavar="FILE", help="copy shard caches (.sqlite) into the cache")
+    parser.add_argument(
+        "--retry-unparsed",
+        action="store_true",
+        help="ask again the items whose cached answer does not parse (empty, or not in the answer format)",
+    )
     args = parser.parse_args()
     setup_logging()
     params = read_params()
@@ -43,7 +51,13 @@ def main() -> None:
         if args.merge:
             merge_shard_caches(name, params["teachers"][name], args.merge)
             return
-        run, settings, cache = label_teacher(name, params["teachers"][name], params["data"]["dir"], shard=args.shard)
+        run, settings, cache = label_teacher(
+            name,
+            params["teachers"][name],
+            params["data"]["dir"],
+            shard=args.shard,
+            retry_unparsed=args.retry_unparsed,
+        )
         if not args.shard:  # a shard fills the cache only; the stage's outputs come from the merged cache
             for split, answers in run.answers.items():
                 answers_file(name, split).parent.mkdir(parents=True, exist_ok=True)

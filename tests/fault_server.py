@@ -1,8 +1,11 @@
 """Small real HTTP servers on 127.0.0.1 for testing and benchmarking server teachers; they run no model.
 
 - ``FaultInjectingChatServer``: a **fake** OpenAI-compatible Chat Completions endpoint that returns a canned answer
-  after a fixed latency, and injects faults on request: HTTP 500, 429 with ``Retry-After``, malformed JSON, or a
-  hang past the client's timeout. It records every request it sees and the peak number in flight.
+  after a fixed latency, and injects faults on request: HTTP 500 / 503, 429 with ``Retry-After``, 400 with a
+  reason (context length), 401, malformed JSON, a 200 whose text is not an answer (``unparsed``), a hang past the
+  client's timeout, or a full answer trickled out one byte per ``trickle_s`` (each byte resets an inactivity
+  timer, so only a bound on the whole attempt stops it). It records every request it sees and the peak number in
+  flight.
 - ``CountingProxy``: forwards requests to a real server (e.g. ``transformers serve``) and records which prompts
   were asked, so a test can check that no cached item is requested again.
 
@@ -22,7 +25,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
-FAULTS = ("ok", "500", "429", "401", "malformed", "hang")
+FAULTS = ("ok", "500", "503", "429", "400", "401", "malformed", "hang", "trickle", "unparsed")
+UNPARSED_ANSWER = "I am not sure what to say about this image."  # a 200 whose text is not in the answer format
 CANNED_ANSWER = "Label: pristine. Rationale: canned answer of the fault-injecting test server."
 
 
@@ -57,13 +61,15 @@ class SeenRequest:
 @dataclass
 class FaultScript:
     """Faults to inject, by a tag that appears in the prompt: ``{"item-7": ["500", "429"]}`` fails the first two
-    attempts of the item whose prompt contains ``item-7``, then answers. Every other request is answered."""
+    attempts of the item whose prompt contains ``item-7``, then answers. Every other request gets ``default``
+    (``ok``: answered; e.g. ``503``: a server that fails everything)."""
 
     by_tag: dict[str, list[str]] = field(default_factory=dict)
+    default: str = "ok"
     attempts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
     def __post_init__(self):
-        for tag, faults in self.by_tag.items():
+        for tag, faults in [*self.by_tag.items(), ("default", [self.default])]:
             bad = [f for f in faults if f not in FAULTS]
             if bad:
                 raise ValueError(f"fault script for {tag!r}: unknown fault(s) {bad}; use {FAULTS}")
@@ -74,7 +80,7 @@ class FaultScript:
                 n = self.attempts[tag]
                 self.attempts[tag] += 1
                 return faults[n] if n < len(faults) else "ok"
-        return "ok"
+        return self.default
 
 
 class FaultInjectingChatServer:
@@ -89,9 +95,12 @@ class FaultInjectingChatServer:
         hang_s: float = 30.0,
         answer: str = CANNED_ANSWER,
         port: int = 0,
+        default_fault: str = "ok",
+        trickle_s: float = 0.5,
     ):
         self.latency, self.retry_after, self.hang_s, self.answer = latency, retry_after, hang_s, answer
-        self.script = FaultScript(dict(faults or {}))
+        self.trickle_s = trickle_s
+        self.script = FaultScript(dict(faults or {}), default=default_fault)
         self.requests: list[SeenRequest] = []
         self.in_flight = 0
         self.peak_in_flight = 0
@@ -104,10 +113,10 @@ class FaultInjectingChatServer:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
 
-    def set_faults(self, faults: dict[str, list[str]]) -> None:
+    def set_faults(self, faults: dict[str, list[str]], default_fault: str = "ok") -> None:
         """Replace the fault script (attempt counts start again)."""
         with self._lock:
-            self.script = FaultScript(dict(faults))
+            self.script = FaultScript(dict(faults), default=default_fault)
 
     def prompts(self) -> list[str]:
         with self._lock:
@@ -127,6 +136,11 @@ class FaultInjectingChatServer:
                 time.sleep(self.latency)
             if fault == "500":
                 return 500, {}, b'{"error": {"message": "injected internal error"}}'
+            if fault == "503":
+                return 503, {}, b'{"error": {"message": "injected: service unavailable"}}'
+            if fault == "400":
+                message = b"injected: maximum context length is 4096 tokens, this request has 5012"
+                return 400, {}, b'{"error": {"message": "' + message + b'"}}'
             if fault == "429":
                 return 429, {"Retry-After": self.retry_after}, b'{"error": {"message": "injected rate limit"}}'
             if fault == "401":
@@ -142,7 +156,10 @@ class FaultInjectingChatServer:
                     {
                         "index": 0,
                         "finish_reason": "stop",
-                        "message": {"role": "assistant", "content": self.answer},
+                        "message": {
+                            "role": "assistant",
+                            "content": UNPARSED_ANSWER if fault == "unparsed" else self.answer,
+                        },
                     }
                 ],
                 "usage": {
@@ -151,7 +168,7 @@ class FaultInjectingChatServer:
                     "total_tokens": len(prompt.split()) + len(self.answer.split()),
                 },
             }
-            return 200, {}, json.dumps(completion).encode()
+            return 200, {"X-Trickle": "1"} if fault == "trickle" else {}, json.dumps(completion).encode()
         finally:
             with self._lock:
                 self.in_flight -= 1
@@ -167,7 +184,8 @@ class FaultInjectingChatServer:
                 length = int(self.headers.get("Content-Length", 0))
                 body = json.loads(self.rfile.read(length) or b"{}")
                 status, headers, payload = server._respond(body, self.headers.get("Authorization"))
-                _send(self, status, headers, payload)
+                trickle = server.trickle_s if headers.pop("X-Trickle", None) else None
+                _send(self, status, headers, payload, trickle_s=trickle)
 
             def log_message(self, *args):  # quiet: tests and benchmarks count requests themselves
                 pass
@@ -241,7 +259,15 @@ class CountingProxy:
         self._httpd.server_close()
 
 
-def _send(handler: BaseHTTPRequestHandler, status: int, headers: dict[str, str], payload: bytes) -> None:
+def _send(
+    handler: BaseHTTPRequestHandler,
+    status: int,
+    headers: dict[str, str],
+    payload: bytes,
+    *,
+    trickle_s: float | None = None,
+) -> None:
+    """Write one response; with ``trickle_s``, the body goes out one byte every ``trickle_s`` seconds."""
     try:
         handler.send_response(status)
         handler.send_header("Content-Type", "application/json")
@@ -249,7 +275,13 @@ def _send(handler: BaseHTTPRequestHandler, status: int, headers: dict[str, str],
         for key, value in headers.items():
             handler.send_header(key, value)
         handler.end_headers()
-        handler.wfile.write(payload)
+        if trickle_s is None:
+            handler.wfile.write(payload)
+            return
+        for i in range(len(payload)):
+            handler.wfile.write(payload[i : i + 1])
+            handler.wfile.flush()
+            time.sleep(trickle_s)
     except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout): nothing to answer
         pass
 

@@ -169,3 +169,26 @@ def test_the_error_message_names_the_cache_even_when_it_is_empty(tmp_path):
             error_budget("srv", run, LabelSettings(prompt_version="v1"), cache)
     accepted = error_budget("srv", run, LabelSettings(prompt_version="v1", max_errors=3), None)
     assert "no cache (set cache_dir" in accepted
+
+
+def test_when_no_server_is_left_cached_answers_are_still_used_and_the_rest_are_recorded_unsent(world_dir, tmp_path):
+    """A run against a server that is down: the answers in the cache still fill the table, the items sent before
+    the server is taken out fail with the transport's reason, and the rest are recorded as not sent (with why),
+    not asked one by one."""
+    from fault_server import FaultInjectingChatServer
+
+    items = read_items(world_dir / "train.parquet").head(10)
+    with FaultInjectingChatServer() as server:
+        params = {"backend": "openai", "model": "fake", "base_url": server.base_url, "prompt_version": "v1"}
+        params |= {"max_concurrency": 1, "max_retries": 3, "timeout": 2}
+        with AnswerCache(tmp_path / "srv.sqlite") as cache:
+            label_items(make_backend("srv", params), items.head(4), source="srv", prompt_version="v1", cache=cache)
+    backend = make_backend("srv", params)  # the server is gone: nothing listens on its port
+    with AnswerCache(tmp_path / "srv.sqlite") as cache:
+        answers = label_items(backend, items, source="srv", prompt_version="v1", cache=cache, tally=LabelTally())
+    assert answers["status"].to_list() == ["ok"] * 4 + ["error"] * 6
+    sent = [e for e in answers["error"].to_list()[4:] if not e.startswith("not sent: ")]
+    unsent = [e for e in answers["error"].to_list()[4:] if e.startswith("not sent: ")]
+    assert sent and all("connection failed" in e for e in sent), sent
+    assert len(unsent) >= 4 and all("teacher 'srv': no server responded" in e for e in unsent), unsent
+    assert backend.usage.requests == 2  # taken out after two refused connections

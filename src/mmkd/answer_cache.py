@@ -117,10 +117,11 @@ class AnswerCache:
                 found[key] = CachedAnswer(text, prompt_tokens, completion_tokens)
         return found
 
-    def put(self, key: str, teacher: str, item_id: str, answer: CachedAnswer) -> None:
-        """Store one answer, committed at once (the first answer for a key wins)."""
+    def put(self, key: str, teacher: str, item_id: str, answer: CachedAnswer, *, replace: bool = False) -> None:
+        """Store one answer, committed at once (the first answer for a key wins, unless ``replace``: a re-asked
+        unparsed answer)."""
         self._db.execute(
-            f"INSERT OR IGNORE INTO answers ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT OR {'REPLACE' if replace else 'IGNORE'} INTO answers ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (key, teacher, item_id, answer.text, answer.prompt_tokens, answer.completion_tokens, time.time()),
         )
 

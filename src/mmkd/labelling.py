@@ -11,19 +11,22 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import polars as pl
 from tqdm.auto import tqdm
 
 from mmkd.answer_cache import AnswerCache, CachedAnswer, answer_key, file_sha256
-from mmkd.inference.base import InferenceBackend, InferenceReply, InferenceRequest
+from mmkd.inference.base import BackendStopped, InferenceBackend, InferenceReply, InferenceRequest
 from mmkd.items import BadItem, check_caption, load_image
 from mmkd.parsing import parse_answer
 from mmkd.prompts import get_prompt
 from mmkd.schema import answers_frame
 
 log = logging.getLogger(__name__)
+
+FAILED_EXAMPLES = 5  # failed items a failure message names
 
 
 @dataclass
@@ -42,10 +45,17 @@ class LabelTally:
     skipped: int = 0
     answer_prompt_tokens: int = 0
     answer_completion_tokens: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)  # the first few failed items: (id, error)
 
     def count_tokens(self, prompt_tokens: int | None, completion_tokens: int | None) -> None:
         self.answer_prompt_tokens += prompt_tokens or 0
         self.answer_completion_tokens += completion_tokens or 0
+
+
+def item_prompt(template, row: dict) -> str:
+    """The rendered prompt of one item row, or ``BadItem`` when its caption is missing."""
+    caption = check_caption(row["id"], row["caption"])
+    return template.render(caption, row.get("evidence_entities"), row.get("evidence_captions"))
 
 
 def build_requests(items: pl.DataFrame, prompt_version: str) -> tuple[list[InferenceRequest], list[dict]]:
@@ -54,12 +64,11 @@ def build_requests(items: pl.DataFrame, prompt_version: str) -> tuple[list[Infer
     requests, skipped = [], []
     for row in items.iter_rows(named=True):
         try:
-            caption = check_caption(row["id"], row["caption"])
+            prompt = item_prompt(template, row)
             image = load_image(row["id"], row["image_path"])
         except BadItem as exc:
             skipped.append({"id": row["id"], "status": "skipped", "error": str(exc)})
             continue
-        prompt = template.render(caption, row.get("evidence_entities"), row.get("evidence_captions"))
         requests.append(InferenceRequest(item_id=row["id"], image=image, prompt=prompt, image_path=row["image_path"]))
     return requests, skipped
 
@@ -78,18 +87,23 @@ def label_items(
     *,
     source: str,
     prompt_version: str,
-    chunk_size: int = 512,
+    chunk_size: int = 64,
     cache: AnswerCache | None = None,
     tally: LabelTally | None = None,
     previous: pl.DataFrame | None = None,
+    retry_unparsed: bool = False,
 ) -> pl.DataFrame:
     """Answers of ``backend`` to every item, in item order, in the answers schema.
 
-    Items go to the backend ``chunk_size`` at a time, so only one chunk of images is in memory at once. With a
-    ``cache``, answered items are taken from it and each new answer is stored as soon as it arrives. ``previous``
-    (answers this labelling wrote before, e.g. pulled from a DVC remote) is a second source: a parsed or unparsed
-    answer whose ``answer_key`` matches is reused, and copied into the cache. Failed answers are never reused.
-    ``tally``, when given, is updated with what happened.
+    The backend pulls requests from one stream, as it can take them: an item's image is read only when the
+    backend is about to ask about it, and no batch waits for the slowest request of the one before.
+    ``chunk_size`` items at a time are looked up in the cache together. With a ``cache``, answered items are
+    taken from it and each new answer is stored as soon as it arrives. ``previous`` (answers this labelling wrote
+    before, e.g. pulled from a DVC remote) is a second source: a parsed or unparsed answer whose ``answer_key``
+    matches is reused, and copied into the cache. Failed answers are never reused. With ``retry_unparsed``, an
+    answer found in either place that does not parse (empty, or not in the answer format) is asked again, and the
+    new answer replaces it in the cache. When the backend stops (``BackendStopped``: no server left), the items
+    not yet asked are recorded as errors with its reason. ``tally``, when given, is updated with what happened.
     """
     tally = tally if tally is not None else LabelTally()
     keyed = cache is not None or previous is not None
@@ -98,57 +112,88 @@ def label_items(
     rows: dict[str, dict] = {}
     bar = tqdm(total=len(items), desc=source, unit="item", dynamic_ncols=True, disable=len(items) == 0)
     keys: dict[str, str] = {}
+    retried: set[str] = set()  # keys whose unparsed answer is being asked again (the new one replaces it)
 
     def on_reply(reply: InferenceReply) -> None:
         rows[reply.item_id] = _answer_row(reply, keys.get(reply.item_id))
         if reply.error is not None:
             tally.errors += 1
+            if len(tally.failed) < FAILED_EXAMPLES:
+                tally.failed.append((reply.item_id, reply.error))
         else:
             tally.count_tokens(reply.prompt_tokens, reply.completion_tokens)
             if cache is not None:
+                key = keys[reply.item_id]
                 answer = CachedAnswer(reply.text, reply.prompt_tokens, reply.completion_tokens)
-                cache.put(keys[reply.item_id], source, reply.item_id, answer)
+                cache.put(key, source, reply.item_id, answer, replace=key in retried)
         bar.update(1)
         bar.set_postfix(cached=tally.cache_hits, errors=tally.errors, refresh=False)
 
-    try:
+    def skip(item_id: str, error: str) -> None:
+        log.warning("%s: skipped %s", source, error)
+        rows[item_id] = {"id": item_id, "status": "skipped", "error": error}
+        tally.skipped += 1
+        bar.update(1)
+
+    def use(item_id: str, key: str, hit: CachedAnswer) -> None:
+        reply = InferenceReply(item_id, hit.text, None, hit.prompt_tokens, hit.completion_tokens)
+        rows[item_id] = _answer_row(reply, key)
+        tally.count_tokens(hit.prompt_tokens, hit.completion_tokens)
+        bar.update(1)
+
+    def to_ask():
+        """The requests to send, one at a time: cache and previous answers are used first, bad items skipped."""
+        template = get_prompt(prompt_version)
         for start in range(0, len(items), chunk_size):
-            requests, skipped = build_requests(items.slice(start, chunk_size), prompt_version)
-            for row in skipped:
-                log.warning("%s: skipped %s", source, row["error"])
-                rows[row["id"]] = row
-            tally.skipped += len(skipped)
-            bar.update(len(skipped))
-            if keyed:
-                keys = {
-                    r.item_id: answer_key(source, identity, prompt_version, r.prompt, file_sha256(r.image_path))
-                    for r in requests
-                }
-                found = cache.get_many(keys.values()) if cache is not None else {}
-                for r in requests:
-                    key = keys[r.item_id]
-                    hit = found.get(key)
+            chunk = []
+            for row in items.slice(start, chunk_size).iter_rows(named=True):
+                try:
+                    prompt = item_prompt(template, row)
+                except BadItem as exc:
+                    skip(row["id"], str(exc))
+                    continue
+                if keyed:
+                    path = Path(row["image_path"])
+                    digest = file_sha256(path) if path.is_file() else None  # else load_image below says what is wrong
+                    keys[row["id"]] = answer_key(source, identity, prompt_version, prompt, digest)
+                chunk.append((row, prompt))
+            found = cache.get_many(keys[r["id"]] for r, _ in chunk) if cache is not None and chunk else {}
+            for row, prompt in chunk:
+                key = keys.get(row["id"])
+                if keyed:
+                    hit, reused = found.get(key), False
                     if hit is None and (hit := reusable.get(key)) is not None:
-                        found[key] = hit
-                        tally.reused += 1
-                        if cache is not None:
-                            cache.put(key, source, r.item_id, hit)
+                        reused = True
+                    if hit is not None and retry_unparsed and parse_answer(hit.text).status != "ok":
+                        retried.add(key)
                     elif hit is not None:
-                        tally.cache_hits += 1
-                    if hit is not None:
-                        reply = InferenceReply(
-                            item_id=r.item_id,
-                            text=hit.text,
-                            prompt_tokens=hit.prompt_tokens,
-                            completion_tokens=hit.completion_tokens,
-                        )
-                        rows[r.item_id] = _answer_row(reply, key)
-                        tally.count_tokens(hit.prompt_tokens, hit.completion_tokens)
-                        bar.update(1)
-                requests = [r for r in requests if keys[r.item_id] not in found]
-            tally.sent += len(requests)
-            if requests:
-                backend.answer(requests, on_reply)
+                        if reused:
+                            tally.reused += 1
+                            if cache is not None:
+                                cache.put(key, source, row["id"], hit)
+                        else:
+                            tally.cache_hits += 1
+                        use(row["id"], key, hit)
+                        continue
+                if stopped:  # the backend can take no more: record the item as failed, without reading its image
+                    on_reply(InferenceReply(item_id=row["id"], error=f"not sent: {stopped[0]}"))
+                    continue
+                try:
+                    image = load_image(row["id"], row["image_path"])
+                except BadItem as exc:
+                    skip(row["id"], str(exc))
+                    continue
+                tally.sent += 1
+                yield InferenceRequest(item_id=row["id"], image=image, prompt=prompt, image_path=row["image_path"])
+
+    stopped: list[str] = []
+    stream = to_ask()
+    try:
+        backend.answer(stream, on_reply)
+    except BackendStopped as exc:  # the rest still comes from the cache; what would be sent is recorded as failed
+        stopped.append(str(exc))
+        for _ in stream:
+            pass
     finally:
         bar.close()
     tally.items += len(items)

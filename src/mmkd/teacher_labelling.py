@@ -90,9 +90,15 @@ def previous_answers(name: str, split: str) -> pl.DataFrame:
 
 
 def label_teacher(
-    name: str, params: dict, data_dir: str | Path, *, shard: tuple[int, int] | None = None
+    name: str,
+    params: dict,
+    data_dir: str | Path,
+    *,
+    shard: tuple[int, int] | None = None,
+    retry_unparsed: bool = False,
 ) -> tuple[TeacherRun, LabelSettings, AnswerCache | None]:
     """Teacher ``name`` answers every item of ``LABELLED_SPLITS`` (only shard I of N with ``shard=(I, N)``).
+    With ``retry_unparsed``, answers that do not parse (empty, or not in the answer format) are asked again.
 
     Returns the run, the teacher's labelling settings and its cache (still open, or None)."""
     settings = teacher_settings(name, params)
@@ -115,6 +121,7 @@ def label_teacher(
                 cache=cache,
                 tally=run.tally,
                 previous=previous_answers(name, split),
+                retry_unparsed=retry_unparsed,
             )
         except ConfigError as exc:  # the server refused the key, the model or the URL
             raise LabelStageError(str(exc)) from None
@@ -131,9 +138,12 @@ def error_budget(name: str, run: TeacherRun, settings: LabelSettings, cache: Ans
     if not run.tally.errors:
         return None
     where = f"the answer cache {cache.path}" if cache is not None else "no cache (set cache_dir to keep them)"
+    failed = run.tally.failed
+    ids = ", ".join(item_id for item_id, _ in failed) + (", ..." if run.tally.errors > len(failed) else "")
     message = (
-        f"label@{name}: {run.tally.errors} of {run.tally.items} items failed (status 'error' in "
-        f"{answers_file(name, '<split>')}); the other answers are in {where}. Re-run to retry only the failed items"
+        f"label@{name}: {run.tally.errors} of {run.tally.items} items failed ({ids + '; ' if failed else ''}status "
+        f"'error' in {answers_file(name, '<split>')}){f'; first error: {failed[0][1]}' if failed else ''}. The other "
+        f"answers are in {where}. Re-run to retry only the failed items"
     )
     if run.tally.errors > settings.max_errors:
         raise LabelStageError(message + f" (teachers.{name}.max_errors is {settings.max_errors}).")

@@ -109,7 +109,8 @@ def test_failed_items_fail_the_stage_and_a_rerun_asks_only_them(repo, server, tm
 
     first = run(repo, "-m", "dvc", "repro", "-s", "label@srv", env=env)
     assert first.returncode != 0
-    assert f"1 of {len(ids)} items failed" in first.stdout + first.stderr
+    assert f"1 of {len(ids)} items failed ({bad}; status 'error'" in first.stderr  # names the item
+    assert "first error: teacher 'srv'" in first.stderr and "injected internal error" in first.stderr
     got = answers(repo)
     assert got.filter(pl.col("status") == "error")["id"].to_list() == [bad]
     assert (got.filter(pl.col("id") != bad)["status"] == "ok").all()
@@ -286,6 +287,45 @@ def test_ctrl_c_ends_with_one_line_and_keeps_the_answers(repo, server, tmp_path)
     assert "label@srv: interrupted; the answers received so far are in the answer cache" in err
     with AnswerCache(tmp_path / "cache" / "srv.sqlite") as cache:
         assert len(cache) >= 1
+
+
+def test_unparsed_answers_are_kept_until_retry_unparsed_asks_them_again(repo, server, tmp_path):
+    env = {KEY_ENV: "sk-dummy"}
+    bad = item_ids(repo)[1]
+    server.set_faults({f"[{bad}]": ["unparsed"]})  # its first answer is not in the answer format
+    first = run(repo, "-m", "dvc", "repro", "-s", "label@srv", env=env)
+    assert first.returncode == 0, first.stderr
+    assert answers(repo).filter(pl.col("status") == "unparsed")["id"].to_list() == [bad]
+    n = len(server.prompts())
+    plain = run(repo, "-m", "dvc", "repro", "-s", "label@srv", env=env)
+    assert plain.returncode == 0 and len(server.prompts()) == n  # an unparsed answer is an answer: cached
+
+    retried = run(repo, "stages/label.py", "srv", "--retry-unparsed", env=env)
+    assert retried.returncode == 0, retried.stderr
+    assert asked(server, n) == [bad]  # only the unparsed item is asked again
+    after = run(repo, "-m", "dvc", "repro", "-s", "label@srv", env=env)
+    assert after.returncode == 0, after.stderr
+    assert asked(server, n) == [bad]  # the new answer replaced the old one in the cache
+    assert (answers(repo)["status"] == "ok").all()
+    with AnswerCache(tmp_path / "cache" / "srv.sqlite") as cache:
+        assert len(cache) == len(item_ids(repo))
+
+
+def test_a_server_that_is_not_running_stops_the_stage_quickly_with_a_clear_message(repo, tmp_path):
+    with FaultInjectingChatServer() as gone:
+        url = gone.base_url  # closed: nothing listens there
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["teachers"]["srv"] |= {"base_url": url, "max_retries": 5, "max_concurrency": 2}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    start = time.monotonic()
+    done = run(repo, "stages/label.py", "srv", env={KEY_ENV: "sk-dummy"})
+    assert done.returncode != 0
+    assert time.monotonic() - start < 60  # python start-up and imports; the requests themselves take well under 1 s
+    assert f"no server responded ({url}: connection failed" in done.stderr and "Is the server running" in done.stderr
+    assert f"{len(item_ids(repo))} of {len(item_ids(repo))} items failed" in done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    log = json.loads((repo / "logs/label/srv.json").read_text())
+    assert log["requests"] <= 2 + 2  # taken out after 2 refused attempts (plus one in flight on the other worker)
 
 
 def test_shard_option_is_checked(tmp_path):

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 
 import pytest
 from fault_server import FaultInjectingChatServer
 from PIL import Image
 
 from mmkd.inference import make_backend
-from mmkd.inference.base import InferenceRequest
+from mmkd.inference.base import BackendStopped, InferenceRequest
 from mmkd.inference.openai_compat import ANSWER_JSON_SCHEMA, ConfigError
 from mmkd.parsing import parse_answer
 
@@ -166,3 +167,95 @@ def test_a_server_that_is_down_gives_errors_not_a_crash():
 def test_bad_settings_name_the_teacher(settings, message):
     with pytest.raises(ValueError, match=f"teacher 'srv': .*{message}"):
         teacher(**({"base_url": "http://127.0.0.1:9/v1"} | settings))
+
+
+def test_items_on_a_dead_or_failing_server_are_answered_by_the_healthy_ones(caplog):
+    """Three servers: one with nothing listening, one answering 503 to everything, one healthy. Every item is
+    answered, within max_retries + 1 attempts, and both bad servers are taken out of rotation with a warning."""
+    with FaultInjectingChatServer() as gone:
+        dead_url = gone.base_url  # closed: connections are refused
+    with (
+        FaultInjectingChatServer(default_fault="503") as failing,
+        FaultInjectingChatServer(latency=0.02) as healthy,
+    ):
+        t = teacher([dead_url, failing.base_url, healthy.base_url], max_concurrency=4, max_retries=2)
+        replies = t.answer(requests(60))
+        assert all(r.error is None and parse_answer(r.text).status == "ok" for r in replies), replies
+        assert len(healthy.requests) == 60  # every item was answered there in the end
+        assert len(failing.requests) <= t.config.drop_server_after + 4  # then it got no more (4 in flight)
+        # each item: at most max_retries + 1 attempts over the three servers (the dead one saw nothing: refused)
+        per_item = {}
+        for seen in failing.requests + healthy.requests:
+            per_item[seen.prompt] = per_item.get(seen.prompt, 0) + 1
+        assert max(per_item.values()) <= 3
+    assert t.usage.requests <= 60 + len(failing.requests) + 2 + 4  # + the refused attempts on the dead server
+    out = [r.getMessage() for r in caplog.records if "taken out of rotation" in r.getMessage()]
+    assert len(out) == 2 and any(dead_url in m for m in out) and any("HTTP 503" in m for m in out), out
+    assert t.health[dead_url].out and t.health[failing.base_url].out and not t.health[healthy.base_url].out
+
+
+def test_an_all_failing_server_stops_the_run_after_a_bounded_number_of_requests_across_calls():
+    """Against a server that answers 500 to everything, the run stops after about drop_server_after requests
+    (plus those in flight), not one retry budget per item, and later calls (the next chunk, split) send none."""
+    with FaultInjectingChatServer(default_fault="500") as server:
+        t = teacher(server.base_url, max_concurrency=4, max_retries=3)
+        got = []
+        with pytest.raises(BackendStopped, match=r"every server was taken out of rotation .*HTTP 500"):
+            t.answer(requests(300), got.append)
+        sent_first = len(server.requests)
+        with pytest.raises(BackendStopped):
+            t.answer(requests(300))
+        assert len(server.requests) == sent_first <= t.config.drop_server_after + 4
+    assert got and all(r.error and "injected internal error" in r.error for r in got)
+
+
+def test_a_refused_connection_stops_the_run_at_once_with_a_clear_message():
+    with FaultInjectingChatServer() as gone:
+        url = gone.base_url
+    t = teacher(url, max_concurrency=8, max_retries=5)
+    start = time.monotonic()
+    with pytest.raises(BackendStopped, match=r"no server responded .*connection failed.*Is the server running"):
+        t.answer(requests(500))
+    assert time.monotonic() - start < 5
+    assert t.usage.requests <= 2 + 8
+
+
+def test_a_server_that_trickles_its_reply_is_cut_off_at_timeout():
+    """One byte every 0.3 s keeps an inactivity timer alive for ever; ``timeout`` bounds the whole attempt."""
+    with FaultInjectingChatServer(faults={"item-0.": ["trickle"] * 3}, trickle_s=0.3) as server:
+        t = teacher(server.base_url, max_concurrency=2, timeout=1.0, max_retries=1)
+        start = time.monotonic()
+        replies = t.answer(requests(2))
+        elapsed = time.monotonic() - start
+    assert replies[1].error is None
+    assert replies[0].error and "timed out" in replies[0].error and "after 2 attempt(s)" in replies[0].error
+    assert elapsed < 2 * 1.0 + 1.5  # two attempts of at most 1 s each, plus one backoff
+
+
+def test_a_request_the_server_rejects_for_the_item_is_not_retried_and_keeps_the_reason():
+    with FaultInjectingChatServer(faults={"item-1.": ["400"] * 5}) as server:
+        t = teacher(server.base_url, max_concurrency=2, max_retries=4)
+        replies = t.answer(requests(3))
+        seen = [r for r in server.requests if "item-1." in r.prompt]
+    assert len(seen) == 1  # a 400 is about the request: asking again cannot help
+    assert "HTTP 400" in replies[1].error and "maximum context length is 4096 tokens" in replies[1].error
+    assert replies[0].error is None and replies[2].error is None and not t.health[server.base_url].out
+
+
+def test_requests_are_pulled_from_a_stream_as_workers_free_up():
+    """A generator is consumed lazily: with 2 workers and one slow item, the fast items keep flowing (no batch
+    waits for the slowest), and at most the items in progress have been taken from the stream."""
+    taken = []
+
+    def stream():
+        for r in requests(12):
+            taken.append(r.item_id)
+            yield r
+
+    with FaultInjectingChatServer(faults={"item-0.": ["hang"]}, hang_s=1.5) as server:
+        t = teacher(server.base_url, max_concurrency=2, timeout=5)
+        order = []
+        replies = t.answer(stream(), lambda r: order.append((r.item_id, len(taken))))
+    assert [r.item_id for r in replies] == [f"id{i}" for i in range(12)]
+    assert order[-1][0] == "id0"  # the slow one came last; the other worker answered all the rest meanwhile
+    assert all(taken_then <= int(item_id[2:]) + 2 for item_id, taken_then in order[:-1])

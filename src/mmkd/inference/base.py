@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -57,6 +57,11 @@ class BackendUsage:
             self.completion_tokens = (self.completion_tokens or 0) + completion_tokens
 
 
+class BackendStopped(RuntimeError):
+    """The backend cannot answer any more items in this run (e.g. every server is out of rotation); the message
+    says why. The replies given so far went to the callback; the requests not yet taken were not sent."""
+
+
 # Called with each reply as soon as it is known, so that it can be stored before the rest of the batch is done.
 ReplyCallback = Callable[[InferenceReply], None]
 
@@ -66,8 +71,13 @@ class InferenceBackend(Protocol):
 
     usage: BackendUsage
 
-    def answer(self, requests: list[InferenceRequest], on_reply: ReplyCallback | None = None) -> list[InferenceReply]:
-        """Answer every request, in order; call ``on_reply`` with each reply as soon as it is known."""
+    def answer(
+        self, requests: Iterable[InferenceRequest], on_reply: ReplyCallback | None = None
+    ) -> list[InferenceReply]:
+        """Answer every request, in order; call ``on_reply`` with each reply as soon as it is known.
+
+        ``requests`` may be a generator: a backend takes requests as it can work on them, so only those in progress
+        need to be in memory."""
         ...
 
     def identity(self) -> dict:

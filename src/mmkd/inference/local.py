@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -83,13 +85,16 @@ class LocalBackend:
     def processor(self):
         return self._load()[1]
 
-    def answer(self, requests: list[InferenceRequest], on_reply: ReplyCallback | None = None) -> list[InferenceReply]:
+    def answer(
+        self, requests: Iterable[InferenceRequest], on_reply: ReplyCallback | None = None
+    ) -> list[InferenceReply]:
         from mmkd.modeling import generate
 
         replies: list[InferenceReply] = []
         size = self.config.batch_size
-        for start in range(0, len(requests), size):  # one batch at a time, so each batch is reported when done
-            batch = requests[start : start + size]
+        # One batch at a time, taken from the stream as it is needed and reported when done.
+        stream = iter(requests)
+        while batch := list(itertools.islice(stream, size)):
             texts = generate(
                 self.model,
                 self.processor,

@@ -1,13 +1,19 @@
 """A teacher behind any OpenAI-compatible Chat Completions server (vLLM, SGLang, TGI, ``transformers serve``, a
 hosted API), called through the official ``openai`` SDK.
 
-Requests are asynchronous and bounded: each server gets ``max_concurrency`` workers that pull items from one
-shared queue, so several servers (a list of base URLs) share the work by speed. Faults are retried by the SDK
-itself (exponential backoff, ``Retry-After`` honoured) on 408/409/429/5xx, timeouts and connection errors; a 200
-whose body is not a chat completion (malformed JSON) is retried here. Both share one budget: at most
-``max_retries + 1`` HTTP attempts per item in all. An item that still fails comes back as an error reply and the
-other items go on. Errors that concern the configuration rather than an item (bad key, unknown model or URL) stop
-the run with a message.
+Requests are asynchronous and bounded: each server gets ``max_concurrency`` workers that pull items, one at a
+time, from one stream (a generator: items are read and encoded only when a worker is free), so several servers (a
+list of base URLs) share the work by speed and a slow request never idles the others.
+
+Faults: 408/409/429/5xx, timeouts, connection errors and 200s that are not a chat completion are retried, in one
+budget of at most ``max_retries + 1`` attempts per item in all. A failed attempt is retried at once on another
+server in rotation when there is one, else on the same server after the SDK's backoff (``Retry-After`` honoured).
+``timeout`` bounds each whole attempt, however slowly a server sends its bytes. A server that fails
+``drop_server_after`` attempts in a row (2 when it never sent an HTTP response: nothing listens there) is taken out of
+rotation for the run, with a warning; when none is left, ``BackendStopped`` says why and the items not sent are
+not asked. An item that fails everywhere comes back as an error reply that keeps the server's own reason, and
+the other items go on. Errors that concern the configuration rather than an item (bad key, unknown model or
+URL) stop the run with a message.
 
 The API key is read from the environment variable *named* by ``api_key_env``; the key itself is never in params,
 logs, outputs or metrics.
@@ -17,20 +23,26 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextvars
+import contextlib
+import email.utils
+import heapq
 import io
+import itertools
 import json
 import logging
+import math
 import mimetypes
 import os
 import random
 import re
+import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import openai
 
-from mmkd.inference.base import BackendUsage, InferenceReply, InferenceRequest, ReplyCallback
+from mmkd.inference.base import BackendStopped, BackendUsage, InferenceReply, InferenceRequest, ReplyCallback
 from mmkd.parsing import format_answer
 from mmkd.schema import LABELS
 
@@ -47,9 +59,12 @@ ANSWER_JSON_SCHEMA = {
     "additionalProperties": False,
 }
 
-# Stop after this many items in a row failed on one server (it is down, or misconfigured): the rest are recorded as
-# errors at once instead of each spending its full retry budget.
-MAX_FAILURES_IN_A_ROW = 32
+# A server that has sent no HTTP response at all in this run is taken out of rotation after this many failed attempts
+# in a row (at most ``drop_server_after``): nothing listens there, and a run against it should stop in seconds.
+DROP_SILENT_SERVER_AFTER = 2
+# Retry waits, as the openai SDK's own: exponential from 0.5 s up to 8 s, less 0-25 % jitter; a server's
+# Retry-After is honoured up to 60 s.
+INITIAL_RETRY_DELAY, MAX_RETRY_DELAY, MAX_RETRY_AFTER = 0.5, 8.0, 60.0
 
 
 @dataclass
@@ -61,7 +76,10 @@ class OpenAICompatConfig:
     api_key_env: the *name* of the environment variable that holds the API key; null for servers without auth.
     revision: which weights the server runs (e.g. the HF commit); part of the cache key, so new weights re-ask.
     max_concurrency: requests in flight per server.
-    timeout: seconds one attempt may take; max_retries: further attempts per item after the first.
+    timeout: seconds one attempt may take, from sending the request to the last byte of the reply.
+    max_retries: further attempts per item after the first, on any server (at most ``max_retries + 1`` in all).
+    drop_server_after: failed attempts in a row (5xx, timeouts, connection errors, malformed replies; not 429)
+        after which a server is taken out of rotation for the rest of the run.
     temperature, top_p, seed, max_tokens: sampling; part of the cache key.
     structured_output: null, ``json_schema`` or ``choice`` (see STRUCTURED_OUTPUTS).
     extra_body: other server-specific request fields, sent as they are (part of the cache key).
@@ -75,6 +93,7 @@ class OpenAICompatConfig:
     max_concurrency: int = 16
     timeout: float = 120.0
     max_retries: int = 5
+    drop_server_after: int = 8
     max_tokens: int = 64
     temperature: float = 0.0
     top_p: float | None = None
@@ -93,6 +112,8 @@ class OpenAICompatConfig:
                 "need max_concurrency >= 1, max_retries >= 0, timeout > 0 and max_tokens >= 1, got "
                 f"{self.max_concurrency}, {self.max_retries}, {self.timeout}, {self.max_tokens}"
             )
+        if self.drop_server_after < 1:
+            raise ValueError(f"drop_server_after must be >= 1 failed attempts, got {self.drop_server_after}")
         if self.structured_output not in (None, *STRUCTURED_OUTPUTS):
             raise ValueError(f"structured_output must be null or one of {STRUCTURED_OUTPUTS}")
         if self.api_key_env is not None and not is_variable_name(self.api_key_env):
@@ -131,6 +152,31 @@ class MalformedReply(Exception):
     """The server answered 200 with something that is not a chat completion."""
 
 
+@dataclass
+class ServerHealth:
+    """One base URL's record in this run; it persists across ``answer`` calls (splits), so a server taken out
+    stays out for the whole run."""
+
+    url: str
+    answered: int = 0  # attempts it answered (any HTTP answer that is not a server fault)
+    responded: bool = False  # it sent any HTTP response at all (so something listens there)
+    failures_in_a_row: int = 0
+    last_fault: str = ""
+    out: bool = False  # taken out of rotation
+
+
+@dataclass
+class _Job:
+    """One item on its way through the servers: the attempts it has spent and the last fault it met."""
+
+    request: InferenceRequest
+    position: int  # in the request order
+    attempts: int = 0
+    servers: list[str] = field(default_factory=list)  # where each attempt went, in order
+    fault: str = ""  # the last failed attempt, described
+    retry_after: float | None = None  # what the server that failed asked for (Retry-After)
+
+
 class OpenAICompatBackend:
     """Asks an OpenAI-compatible server, concurrently and with retries; see the module docstring."""
 
@@ -138,6 +184,8 @@ class OpenAICompatBackend:
         self.config = config
         self.name = name
         self.usage = BackendUsage(prompt_tokens=0, completion_tokens=0)
+        self.health = {url: ServerHealth(url) for url in config.base_urls}
+        self.stopped: str | None = None  # why no server can be asked any more in this run
         self._items_sent = 0
         # httpx2 logs every request at INFO: one line per item of a 70k-item run. Failures are logged here instead.
         logging.getLogger("httpx2").setLevel(logging.WARNING)
@@ -154,126 +202,115 @@ class OpenAICompatBackend:
     def identity(self) -> dict:
         return {"backend": "openai", "revision": self.config.revision, **self.config.request_fields()}
 
-    def answer(self, requests: list[InferenceRequest], on_reply: ReplyCallback | None = None) -> list[InferenceReply]:
-        if not requests:
-            return []
-        return asyncio.run(self._answer_all(requests, on_reply))
-
-    async def _answer_all(
-        self, requests: list[InferenceRequest], on_reply: ReplyCallback | None
+    def answer(
+        self, requests: Iterable[InferenceRequest], on_reply: ReplyCallback | None = None
     ) -> list[InferenceReply]:
-        replies: list[InferenceReply | None] = [None] * len(requests)
-        queue: asyncio.Queue[int] = asyncio.Queue()
-        for i in range(len(requests)):
-            queue.put_nowait(i)
-        clients = {url: self._client(url) for url in self.config.base_urls}
-        last_error: dict[str, str] = {}
+        """Replies to ``requests``, in request order. ``requests`` may be a generator: it is pulled one request at
+        a time, whenever a worker is free, so a slow request never holds up the others.
 
-        async def worker(url: str, client: openai.AsyncOpenAI, in_a_row: list[int]) -> None:
-            while in_a_row[0] < MAX_FAILURES_IN_A_ROW:
-                try:
-                    i = queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    return
-                reply = await self._ask(url, client, requests[i])
-                in_a_row[0] = in_a_row[0] + 1 if reply.error else 0
-                if reply.error:
-                    last_error[url] = reply.error
-                replies[i] = reply
-                if on_reply is not None:
-                    on_reply(reply)
+        Raises ``BackendStopped`` when every server is out of rotation: the replies so far went to ``on_reply``,
+        and the requests not yet taken were not sent (``stopped`` says why)."""
+        if self.stopped is not None:
+            raise BackendStopped(self.stopped)
+        return asyncio.run(_Dispatch(self, iter(requests), on_reply).run())
 
-        try:
-            tasks = []
-            for url, client in clients.items():
-                in_a_row = [0]  # shared by the workers of one server
-                tasks += [worker(url, client, in_a_row) for _ in range(self.config.max_concurrency)]
-            await asyncio.gather(*tasks)
-        finally:
-            for client in clients.values():
-                await client.close()
-            self.usage.retries = self.usage.requests - self._items_sent
-        for i, reply in enumerate(replies):
-            if reply is None:  # every server gave up: record the rest as errors, to retry on the next run
-                reply = replies[i] = InferenceReply(
-                    item_id=requests[i].item_id,
-                    error=(
-                        f"not sent: {MAX_FAILURES_IN_A_ROW} items in a row failed on every server "
-                        f"(last: {next(iter(last_error.values()), '?')}); check the servers and re-run"
-                    ),
-                )
-                if on_reply is not None:
-                    on_reply(reply)
-        return replies  # type: ignore[return-value]
+    def client(self, url: str) -> openai.AsyncOpenAI:
+        """An SDK client for one server, without SDK retries: retries are routed by ``_Dispatch``, across servers,
+        in one budget per item."""
 
-    def _client(self, url: str) -> openai.AsyncOpenAI:
-        async def count_request(request) -> None:  # every HTTP attempt, retries included
+        async def count_request(request) -> None:  # every HTTP attempt
             self.usage.requests += 1
-            if (counter := _ITEM_ATTEMPTS.get()) is not None:  # the item this task is asking about
-                counter[0] += 1
 
         return openai.AsyncOpenAI(
             base_url=url,
             api_key=self._api_key,
-            max_retries=self.config.max_retries,
+            max_retries=0,
             timeout=self.config.timeout,
             http_client=openai.DefaultAsyncHttpxClient(event_hooks={"request": [count_request]}),
         )
 
-    async def _ask(self, url: str, client: openai.AsyncOpenAI, request: InferenceRequest) -> InferenceReply:
-        """One item, in at most ``max_retries + 1`` HTTP attempts in all: the SDK retries transport faults, this loop
-        retries malformed 200 replies, and each SDK call gets only the attempts that are left."""
-        self._items_sent += 1
-        attempts = [0]  # counted by the client's request hook, for this task's current item
-        _ITEM_ATTEMPTS.set(attempts)
-        budget = self.config.max_retries + 1
-        messages = [
-            {
-                "role": "user",
-                "content": [
-                    {"type": "image_url", "image_url": {"url": image_data_url(request)}},
-                    {"type": "text", "text": request.prompt},
-                ],
-            }
-        ]
-        fields = self.config.request_fields()
-        while True:
-            left = budget - attempts[0]
-            try:
-                completion = await client.with_options(max_retries=left - 1).chat.completions.create(
-                    messages=messages, **fields
+    async def attempt(self, client: openai.AsyncOpenAI, server: ServerHealth, job: _Job) -> InferenceReply | None:
+        """One HTTP attempt of ``job`` on ``server``: the reply (an answer, or an error that retrying cannot mend),
+        or None when the attempt failed in a way worth retrying elsewhere or later (``job.fault`` says how)."""
+        if job.attempts == 0:
+            self._items_sent += 1
+        job.attempts += 1
+        job.servers.append(server.url)
+        job.retry_after = None
+        try:
+            async with asyncio.timeout(self.config.timeout):  # the whole attempt, however slowly the bytes come
+                completion = await client.chat.completions.create(
+                    messages=_messages(job.request), **self.config.request_fields()
                 )
-                text = self._text(completion)
-            except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as exc:
-                raise ConfigError(
-                    f"teacher {self.name!r}: {url} refused the request ({_describe(exc)}); check base_url, model "
-                    f"and the key in ${self.config.api_key_env or '<api_key_env not set>'}. Answers so far are cached."
-                ) from None
-            except (MalformedReply, openai.APIResponseValidationError, ValueError) as exc:  # ValueError: bad JSON
-                if attempts[0] < budget:
-                    await asyncio.sleep(min(0.5 * 2 ** attempts[0], 8.0) * (1 - 0.25 * random.random()))
-                    continue
-                return self._failed(request, url, exc, attempts[0])
-            except openai.APIError as exc:  # the SDK has spent the attempts left (or the error is not retryable)
-                return self._failed(request, url, exc, attempts[0] or 1)
+            text = self._text(completion)
+        except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as exc:
+            raise ConfigError(
+                f"teacher {self.name!r}: {server.url} refused the request ({_describe(exc)}); check base_url, model "
+                f"and the key in ${self.config.api_key_env or '<api_key_env not set>'}. Answers so far are cached."
+            ) from None
+        except openai.APIStatusError as exc:
+            server.responded = True
+            job.fault = _describe(exc)
+            if not _retryable(exc):  # e.g. 400 "maximum context length exceeded": the item's fault, not the server's
+                server.answered += 1
+                server.failures_in_a_row = 0
+                return self.failed(job)
+            job.retry_after = _retry_after(exc.response.headers)
+            if exc.status_code == 429:  # busy, not broken: back off, but it is not counted against the server
+                return None
+        except (TimeoutError, openai.APITimeoutError):
+            job.fault = f"timed out (no complete reply within timeout={self.config.timeout:g} s)"
+        except openai.APIConnectionError as exc:
+            job.fault = f"connection failed ({_cause(exc)})"
+        except (MalformedReply, openai.APIResponseValidationError, ValueError) as exc:  # ValueError: bad JSON
+            server.responded = True
+            job.fault = _describe(exc)
+        else:
+            server.responded = True
+            server.answered += 1
+            server.failures_in_a_row = 0
             usage = getattr(completion, "usage", None)
             prompt_tokens = getattr(usage, "prompt_tokens", None)
             completion_tokens = getattr(usage, "completion_tokens", None)
             self.usage.add_tokens(prompt_tokens, completion_tokens)
             return InferenceReply(
-                item_id=request.item_id,
+                item_id=job.request.item_id,
                 text=text,
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens,
             )
+        server.failures_in_a_row += 1
+        server.last_fault = job.fault
+        return None
 
-    def _failed(self, request: InferenceRequest, url: str, exc: Exception, attempts: int) -> InferenceReply:
+    def failed(self, job: _Job, why: str | None = None) -> InferenceReply:
+        """The error reply of an item that will not be asked again in this run."""
+        where = job.servers[-1] if len(set(job.servers)) == 1 else f"{len(set(job.servers))} servers"
         error = (
-            f"teacher {self.name!r} at {url}: {_describe(exc)} after {attempts} attempt(s); "
-            "re-run labelling to retry the failed items only (answers are cached)"
+            f"teacher {self.name!r} at {where}: {job.fault} after {job.attempts} attempt(s)"
+            f"{f' ({why})' if why else ''}; re-run labelling to retry the failed items only (answers are cached)"
         )
-        log.debug("item %r: %s", request.item_id, error)
-        return InferenceReply(item_id=request.item_id, error=error)
+        log.debug("item %r: %s", job.request.item_id, error)
+        return InferenceReply(item_id=job.request.item_id, error=error)
+
+    def drop_after(self, server: ServerHealth) -> int:
+        """Failed attempts in a row that take a server out of rotation: fewer when no HTTP response ever came from
+        it (nothing listens there: connection refused, or an unknown host)."""
+        limit = self.config.drop_server_after
+        return limit if server.responded else min(limit, DROP_SILENT_SERVER_AFTER)
+
+    def stop_reason(self) -> str:
+        detail = "; ".join(f"{h.url}: {h.last_fault}" for h in self.health.values())
+        if not any(h.responded for h in self.health.values()):
+            return (
+                f"teacher {self.name!r}: no server responded ({detail}). Is the server running, and is base_url "
+                "right? The items not sent are recorded as errors; re-run when it is up (answers so far are cached)"
+            )
+        return (
+            f"teacher {self.name!r}: every server was taken out of rotation after failing "
+            f"{self.config.drop_server_after} attempts in a row ({detail}). The items not sent are recorded as "
+            "errors; re-run when the servers are healthy (answers so far are cached)"
+        )
 
     def _text(self, completion) -> str:
         try:
@@ -283,6 +320,132 @@ class OpenAICompatBackend:
         if not isinstance(text, str):
             raise MalformedReply("malformed reply: no text content in the first choice")
         return structured_to_answer(text.strip(), self.config.structured_output)  # stripped, as the local backend
+
+
+class _Dispatch:
+    """One ``answer`` call: ``max_concurrency`` workers per server in rotation pull items from one stream; an
+    attempt that fails is retried on another server in rotation (at once) or, with only one left, on the same
+    one after a backoff; each item spends at most ``max_retries + 1`` attempts in all. A server that fails
+    ``drop_server_after`` attempts in a row is taken out of rotation, and its waiting retries go to the others."""
+
+    def __init__(self, backend: OpenAICompatBackend, source: Iterator[InferenceRequest], on_reply):
+        self.backend, self.config, self.source, self.on_reply = backend, backend.config, source, on_reply
+        self.servers = [h for h in backend.health.values() if not h.out]
+        self.clients = {h.url: backend.client(h.url) for h in self.servers}
+        self.retries: dict[str, list[tuple[float, int, _Job]]] = {h.url: [] for h in self.servers}  # heaps
+        self.replies: dict[int, InferenceReply] = {}
+        self.taken = 0  # requests taken from the source
+        self.exhausted = False
+        self.fatal: BaseException | None = None
+        self.wake = asyncio.Event()
+        self.order = itertools.count()
+
+    async def run(self) -> list[InferenceReply]:
+        try:
+            workers = [self.worker(h) for h in self.servers for _ in range(self.config.max_concurrency)]
+            await asyncio.gather(*workers)
+        finally:
+            for client in self.clients.values():
+                await client.close()
+            self.backend.usage.retries = self.backend.usage.requests - self.backend._items_sent
+        if self.fatal is not None:
+            raise self.fatal
+        if not self.exhausted or len(self.replies) < self.taken:
+            self.backend.stopped = self.backend.stop_reason()
+            log.error("%s", self.backend.stopped)
+            raise BackendStopped(self.backend.stopped)
+        return [self.replies[i] for i in range(self.taken)]
+
+    def changed(self) -> None:
+        """Wake every idle worker (each waits on the event it saw; later waiters get a fresh one)."""
+        self.wake.set()
+        self.wake = asyncio.Event()
+
+    def reply(self, job: _Job, reply: InferenceReply) -> None:
+        self.replies[job.position] = reply
+        self.changed()
+        if self.on_reply is not None:
+            self.on_reply(reply)
+
+    def take(self, server: ServerHealth) -> tuple[_Job | None, float | None]:
+        """The next job for ``server``: a retry that is due, else a new item; else None and how long until one of
+        its retries is due (None: until something changes)."""
+        heap, now = self.retries[server.url], time.monotonic()
+        if heap and heap[0][0] <= now:
+            return heapq.heappop(heap)[2], None
+        if not self.exhausted:
+            try:
+                request = next(self.source)
+            except StopIteration:
+                self.exhausted = True
+                self.changed()
+            else:
+                self.taken += 1
+                return _Job(request, self.taken - 1), None
+        return None, (heap[0][0] - now if heap else None)
+
+    async def worker(self, server: ServerHealth) -> None:
+        client = self.clients[server.url]
+        while not server.out and self.fatal is None:
+            job, wait = self.take(server)
+            if job is None:
+                if self.exhausted and len(self.replies) == self.taken:
+                    return
+                event = self.wake
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), wait)
+                continue
+            try:
+                reply = await self.backend.attempt(client, server, job)
+            except ConfigError as exc:
+                self.fatal = exc
+                self.changed()
+                return
+            if reply is not None:
+                self.reply(job, reply)
+            else:
+                self.route_retry(server, job)
+
+    def route_retry(self, server: ServerHealth, job: _Job) -> None:
+        """After a failed attempt: take the server out if it keeps failing, then retry the item (on another server
+        in rotation when there is one, at once; else on this one after a backoff), or record it as failed."""
+        if not server.out and server.failures_in_a_row >= self.backend.drop_after(server):
+            self.take_out(server)
+        healthy = [h for h in self.servers if not h.out]
+        if not healthy:
+            self.reply(job, self.backend.failed(job, "every server is out of rotation"))
+        elif job.attempts >= self.config.max_retries + 1:
+            self.reply(job, self.backend.failed(job))
+        else:
+            others = [h for h in healthy if h is not server]
+            if others:  # the wait (backoff, Retry-After) concerns the server that failed, not the others
+                target = min(others, key=lambda h: (h.url in job.servers, len(self.retries[h.url])))
+                due = time.monotonic()
+            else:
+                target, due = server, time.monotonic() + _backoff(job)
+            heapq.heappush(self.retries[target.url], (due, next(self.order), job))
+            self.changed()
+
+    def take_out(self, server: ServerHealth) -> None:
+        server.out = True
+        left = [h for h in self.servers if not h.out]
+        log.warning(
+            "teacher %r: %s is taken out of rotation for this run after %d failed attempts in a row (last: %s); "
+            "%d server(s) left",
+            self.backend.name,
+            server.url,
+            server.failures_in_a_row,
+            server.last_fault,
+            len(left),
+        )
+        waiting, self.retries[server.url] = self.retries[server.url], []
+        for _, _, job in waiting:  # its waiting retries go to the others, or fail when there are none
+            if left:
+                target = min(left, key=lambda h: len(self.retries[h.url]))
+                heapq.heappush(self.retries[target.url], (time.monotonic(), next(self.order), job))
+            else:
+                self.reply(job, self.backend.failed(job, "every server is out of rotation"))
+        self.changed()
 
 
 def structured_to_answer(text: str, structured_output: str | None) -> str:
@@ -314,9 +477,6 @@ def image_data_url(request: InferenceRequest) -> str:
 VARIABLE_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
 # Values that are keys, whatever their case: AWS access key ids, and long runs of letters and digits.
 KEY_LIKE = re.compile(r"(AKIA|ASIA)[A-Z0-9]{12,}|[A-Z0-9]{32,}")
-# HTTP attempts for the item a task is asking about, counted by the client's request hook (each worker task asks
-# about one item at a time, and a context variable is per task).
-_ITEM_ATTEMPTS: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("mmkd_item_attempts", default=None)
 SERVER_REASON_CHARS = 300  # how much of the server's own error message an error row keeps
 
 
@@ -333,6 +493,59 @@ def _server_reason(exc: openai.APIStatusError) -> str:
         body = body.get("message", body) if isinstance(body, dict) else body
     text = " ".join(str(body if body is not None else exc.message).split())
     return text if len(text) <= SERVER_REASON_CHARS else text[: SERVER_REASON_CHARS - 3] + "..."
+
+
+def _messages(request: InferenceRequest) -> list[dict]:
+    return [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": image_data_url(request)}},
+                {"type": "text", "text": request.prompt},
+            ],
+        }
+    ]
+
+
+def _retryable(exc: openai.APIStatusError) -> bool:
+    """The statuses the openai SDK retries (and the server's own ``x-should-retry`` when it sends one)."""
+    should = exc.response.headers.get("x-should-retry")
+    if should in ("true", "false"):
+        return should == "true"
+    return exc.status_code in (408, 409, 429) or exc.status_code >= 500
+
+
+def _retry_after(headers) -> float | None:
+    """Seconds a server asked to wait (``retry-after-ms``, ``retry-after`` in seconds or as an HTTP date)."""
+    for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            seconds = float(value) * scale
+        except ValueError:
+            try:
+                seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+            except (TypeError, ValueError, OverflowError):
+                continue
+        if math.isfinite(seconds) and seconds >= 0:
+            return min(seconds, MAX_RETRY_AFTER)
+    return None
+
+
+def _backoff(job: _Job) -> float:
+    """How long to wait before retrying ``job`` on the server that just failed it."""
+    if job.retry_after is not None:
+        return job.retry_after
+    delay = min(INITIAL_RETRY_DELAY * 2 ** (job.attempts - 1), MAX_RETRY_DELAY)
+    return delay * (1 - 0.25 * random.random())
+
+
+def _cause(exc: Exception) -> str:
+    """The transport's own reason for a connection error (e.g. ``[Errno 111] Connection refused``), on one line."""
+    cause = exc.__cause__ or exc.__context__
+    text = " ".join(str(cause or exc).split()) or type(cause or exc).__name__
+    return text[:SERVER_REASON_CHARS]
 
 
 def _describe(exc: Exception) -> str:
