@@ -1,9 +1,9 @@
 """Stage `prepare@<name>`: turn raw NewsCLIPpings + VisualNews (+ CCN evidence) into items in data.dir.
 
 Writes `<split>.parquet`, `<split>.gold.parquet`, `images/` and `prepare_report.jsonl` (see mmkd.data.newsclippings)
-and the counts to metrics/prepare.json."""
+and the counts to metrics/prepare.json. data.dir is replaced only by a finished build, and never when it overlaps
+the raw data (mmkd.data.staging)."""
 
-import shutil
 import sys
 from pathlib import Path
 
@@ -21,11 +21,8 @@ def main(name: str) -> None:
         settings = NewsClippingsSettings(**data["prepare"][name])
     except (TypeError, ValueError) as exc:
         raise SystemExit(f"prepare@{name}: data.prepare.{name} in params.yaml: {exc}") from None
-    out = Path(data["dir"])
-    if out.exists():
-        shutil.rmtree(out)  # a DVC output is rebuilt whole
     try:
-        summary = prepare_newsclippings(settings, out)
+        summary = prepare_newsclippings(settings, Path(data["dir"]))  # checks, then rebuilds data.dir whole
     except PrepareInputError as exc:
         raise SystemExit(f"prepare@{name}: {exc}") from None
     write_json(paths.metrics_file("prepare"), summary)

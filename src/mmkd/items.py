@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 
@@ -11,15 +16,76 @@ class BadItem(ValueError):
     """An item that cannot be used; the message names the item and the fix."""
 
 
+_limit_lock = threading.Lock()
+_limit_users = 0
+_limit_saved: int | None = None
+
+
+@contextmanager
+def pillow_pixel_limit_lifted() -> Iterator[None]:
+    """Turn off Pillow's global decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``) while decoding.
+
+    The limit that counts is ours (``max_image_pixels``, checked by ``prepare`` on the header before decoding):
+    with Pillow's own limit on, a large image that prepare accepted would be refused later, and the message would
+    quote Pillow's number. Nested and concurrent uses share one counter, so the limit comes back when the last
+    one ends."""
+    global _limit_users, _limit_saved
+    with _limit_lock:
+        if _limit_users == 0:
+            _limit_saved = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = None
+        _limit_users += 1
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield
+    finally:
+        with _limit_lock:
+            _limit_users -= 1
+            if _limit_users == 0:
+                Image.MAX_IMAGE_PIXELS = _limit_saved
+
+
+def _grey_to_8bit(values: np.ndarray, mode: str) -> np.ndarray:
+    """8-bit grey levels of a 16/32-bit integer or float image: integers as 16-bit levels (0-65535, the range of
+    16-bit PNG and TIFF), floats as 0-1 when they lie in it, else stretched from their minimum to their maximum."""
+    if mode == "F":
+        values = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+        if low < 0.0 or high > 1.0:
+            values = (values - low) / (high - low) if high > low else np.zeros_like(values)
+        return np.round(values * 255).astype(np.uint8)
+    values = np.clip(values.astype(np.int64), 0, 65535)
+    return ((values * 255 + 32767) // 65535).astype(np.uint8)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """The image as 8-bit RGB, right for every Pillow mode.
+
+    ``convert("RGB")`` clips 16-bit grey (``I;16``, ``I``) to white and drops transparency onto whatever colour
+    the transparent pixels hold; here deep grey is scaled to 8 bits (see ``_grey_to_8bit``) and anything with
+    alpha (RGBA, LA, PA, P or RGB/L with a transparent colour) is laid over white. Other modes (1, L, P, CMYK,
+    YCbCr, ...) convert as Pillow does."""
+    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
+        return Image.fromarray(_grey_to_8bit(np.asarray(img), img.mode), mode="L").convert("RGB")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
 def load_image(item_id: str, path: str | Path) -> Image.Image:
-    """Open an item's image as RGB, or raise ``BadItem`` naming the item, the file and what to do."""
+    """Open an item's image as RGB (``to_rgb``), or raise ``BadItem`` naming the item, the file and what to do.
+
+    Pillow's pixel limit is lifted: every item image passed ``prepare``'s own, configured limit."""
     path = Path(path)
     if not path.is_file():
         raise BadItem(f"item {item_id!r}: image file {path} does not exist; fix image_path or remove the item")
     try:
-        with Image.open(path) as img:
+        with pillow_pixel_limit_lifted(), Image.open(path) as img:
             img.load()
-            return img.convert("RGB")
+            return to_rgb(img)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise BadItem(
             f"item {item_id!r}: image file {path} is not a readable image ({exc}); replace the file"

@@ -17,34 +17,45 @@ falsified twin, so the index's parity follows the label: ids are for people and 
 else copied, so the folder is self-contained: ``dvc push``/``pull`` moves it whole and no absolute path is stored),
 and ``prepare_report.jsonl``, one line per bad record.
 
-Bad records (unknown id, missing, unreadable or oversized image, a path leaving the image root, a malformed
-annotation, an empty caption) are left out of the tables, counted in the returned summary and listed in the report
-with the item, the reason, the path and the fix; nothing bad stops the run. Unusable evidence is reported too, but
-the item is kept without evidence.
+Bad records (unknown id, missing, unreadable, oversized or oddly shaped image, a path leaving the image root or
+naming something other than a regular file, a malformed or duplicate annotation, an empty caption) are left out of
+the tables, counted in the returned summary and listed in the report with the item, the reason, the path and the
+fix. Unusable evidence is reported too, but the item is kept without evidence; captions and evidence are cleaned
+(``mmkd.data.text``) and captions cut to ``max_caption_chars``, each change reported with the item kept.
 
-Memory: the JSON files are streamed (ijson); of VisualNews only the records the annotations use are kept (caption
-and image path), and items are written in batches, so memory grows with the number of distinct ids used, not with
-the size of data.json or of the tables.
+What stops the run, with a PrepareInputError that names the file, the setting and the fix, before the output is
+touched: a missing or malformed input as a whole, evidence of another subset, a file whose annotations are all
+malformed, the same (caption id, image id) pair in two splits (unless ``allow_split_overlap``), a split that ends
+with no items, and a ``data.dir`` that overlaps an input. The output is built beside the old one and swapped in
+only at the end (``mmkd.data.staging``), so a failed run leaves the previous output as it was.
+
+Memory: the JSON files are streamed (ijson's tokenizer, depth-bounded: ``mmkd.data.json_stream``); of VisualNews
+only the records the annotations use are kept (caption and image path), and items are written in batches, so memory
+grows with the number of distinct ids used, not with the size of data.json or of the tables.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import reprlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TextIO
 
 import ijson
 import polars as pl
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from mmkd.data import PrepareInputError
+from mmkd.data import PrepareInputError, Problem
 from mmkd.data.evidence import EvidenceLimits, EvidenceReader
-from mmkd.data.images import LINK_MODES, Problem, check_image, link_or_copy, relative_inside
+from mmkd.data.images import LINK_MODES, ImageLimits, check_image, link_or_copy
+from mmkd.data.json_stream import stream_items
+from mmkd.data.raw_paths import MISSING_IMAGE, Resolved, Root, open_regular
+from mmkd.data.staging import check_apart, staged_folder
+from mmkd.data.text import clean_text, cut
 from mmkd.schema import FALSIFIED, GOLD_SCHEMA, PRISTINE, items_frame
 
 log = logging.getLogger(__name__)
@@ -59,37 +70,53 @@ SUBSETS: tuple[str, ...] = (
 REPORT_FILE = "prepare_report.jsonl"
 IMAGES_DIR = "images"
 
+# Reasons of this module (those of images and paths are in mmkd.data.images and mmkd.data.raw_paths).
 BAD_ANNOTATION = "bad_annotation"
+DUPLICATE_ANNOTATION = "duplicate_annotation"
+SPLIT_OVERLAP = "split_overlap"
 UNKNOWN_CAPTION_ID = "unknown_caption_id"
 UNKNOWN_IMAGE_ID = "unknown_image_id"
 BAD_VISUALNEWS_RECORD = "bad_visualnews_record"
+DUPLICATE_VISUALNEWS_ID = "duplicate_visualnews_id"
 EMPTY_CAPTION = "empty_caption"
+CAPTION_CLEANED = "caption_cleaned"
+CAPTION_CUT = "caption_cut"
+IMAGE_PATH_COLLISION = "image_path_collision"
 
 BATCH_ROWS = 4096  # items per Parquet write
+_short = reprlib.Repr()  # a bounded repr for messages: deep or huge records never recurse or flood the report
+_short.maxlevel, _short.maxdict, _short.maxlist, _short.maxstring, _short.maxother = 3, 6, 6, 80, 80
 
 
 @dataclass(frozen=True)
 class NewsClippingsSettings:
     """Where the raw NewsCLIPpings files are (``data.prepare.<name>`` in params.yaml) and how strict to be.
 
-    Every path except ``raw`` is relative to ``raw``, the folder the ``prepare`` stage depends on (so a change to
-    any raw input re-runs it). The defaults are the layout of the NewsCLIPpings and CCN instructions."""
+    Every path except ``raw`` and ``link_roots`` is relative to ``raw``, the folder the ``prepare`` stage depends on
+    (so a change to any raw input re-runs it). The defaults are the layout of the NewsCLIPpings and CCN
+    instructions."""
 
     raw: str  # the raw-data folder: annotations, VisualNews and evidence live below it
     annotations: str = "news_clippings/data"  # holds <subset>/<split>.json
     subset: str = "merged_balanced"  # one of SUBSETS
     visualnews: str = "visual_news/origin/data.json"
     image_root: str = "visual_news/origin"  # VisualNews image_path values are relative to this folder
-    evidence: str | None = None  # CCN queries_dataset/<subset> folder; null: no evidence
+    evidence: str | None = None  # CCN queries_dataset/<subset> folder, of the same subset; null: no evidence
     splits: tuple[str, ...] = ("train", "val", "test")
     limit: int | None = None  # keep only the first `limit` annotations of each split (smoke runs); null: all
     max_image_bytes: int = 25 * 2**20
     max_image_pixels: int = 40_000_000  # e.g. 8000 x 5000
+    max_aspect_ratio: float = 100.0  # longer / shorter side; Qwen2-VL refuses over 200, and such strips are banners
+    min_image_side: int = 16  # pixels of the shorter side; smaller images (icons, tracking pixels) show no scene
+    max_caption_chars: int = 2000  # longer captions are cut (and reported): the caption goes into every prompt
+    allow_split_overlap: bool = False  # the same (caption id, image id) in two splits is an error unless true
+    link_roots: tuple[str, ...] = (".dvc/cache",)  # folders outside `raw` that its symbolic links may point into
     link_images: str = "hardlink"  # hardlink (falls back to copy across file systems) or copy
     evidence_limits: EvidenceLimits = field(default_factory=EvidenceLimits)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "splits", tuple(self.splits))
+        object.__setattr__(self, "link_roots", tuple(self.link_roots))
         if isinstance(self.evidence_limits, dict):
             object.__setattr__(self, "evidence_limits", EvidenceLimits(**self.evidence_limits))
         if self.subset not in SUBSETS:
@@ -101,8 +128,14 @@ class NewsClippingsSettings:
                 raise ValueError(f"split name {split!r} must be letters, digits and underscores (it names files)")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be a positive number of annotations or null, got {self.limit}")
-        if self.max_image_bytes < 1 or self.max_image_pixels < 1:
-            raise ValueError("max_image_bytes and max_image_pixels must be positive")
+        if min(self.max_image_bytes, self.max_image_pixels, self.min_image_side, self.max_caption_chars) < 1:
+            raise ValueError(
+                "max_image_bytes, max_image_pixels, min_image_side and max_caption_chars must be positive"
+            )
+        if self.max_aspect_ratio < 1:
+            raise ValueError(
+                f"max_aspect_ratio is longer side / shorter side, at least 1; got {self.max_aspect_ratio}"
+            )
         if self.link_images not in LINK_MODES:
             raise ValueError(f"link_images {self.link_images!r}: use one of {LINK_MODES}")
 
@@ -114,86 +147,248 @@ class NewsClippingsSettings:
         """The NewsCLIPpings annotation file of one split."""
         return self.path(self.annotations) / self.subset / f"{split}.json"
 
+    def image_limits(self) -> ImageLimits:
+        return ImageLimits(self.max_image_bytes, self.max_image_pixels, self.max_aspect_ratio, self.min_image_side)
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """The raw inputs, each checked and resolved inside ``raw`` (see ``_check_inputs``)."""
+
+    annotation_files: dict[str, Resolved]
+    visualnews: Resolved
+    image_root: Root
+    evidence: Root | None
+    link_roots: tuple[Path, ...]
+
+
+def _check_evidence_subset(settings: NewsClippingsSettings) -> None:
+    """Refuse evidence whose folder names another subset: evidence is matched by position, so it would be wrong."""
+    if settings.evidence is None:
+        return
+    named = [part for part in Path(settings.evidence).parts if part in SUBSETS]
+    if named and settings.subset not in named:
+        raise PrepareInputError(
+            f"data.prepare.<name>.evidence is {settings.evidence!r}, the evidence of subset {named[-1]!r}, but "
+            f"data.prepare.<name>.subset is {settings.subset!r}; evidence is matched by position, so items would get "
+            f"another subset's evidence: set evidence to queries_dataset/{settings.subset} (the default follows "
+            "the subset) or null"
+        )
+
+
+def _check_inputs(settings: NewsClippingsSettings) -> _Inputs:
+    """Fail before any work when a whole input is missing, is not a regular file (or folder), or leaves ``raw``."""
+    _check_evidence_subset(settings)
+    if not Path(settings.raw).is_dir():
+        raise PrepareInputError(
+            f"the raw folder {settings.raw} does not exist (data.prepare.<name>.raw); get the data (README: Running "
+            "on NewsCLIPpings) or fix the path in conf/data/"
+        )
+    raw = Root.of("raw folder", settings.raw, tuple(Path(p) for p in settings.link_roots))
+
+    def need(relative: str, key: str, folder: bool) -> Resolved:
+        found = raw.resolve(relative, folder=folder)
+        if isinstance(found, Resolved):
+            return found
+        kind = "folder" if folder else "file"
+        if found.reason == MISSING_IMAGE:
+            raise PrepareInputError(
+                f"{settings.path(relative)} does not exist (a {kind}, from data.prepare.<name>.{key} under "
+                f"raw={settings.raw}); get the data (README: Running on NewsCLIPpings) or fix the path in conf/data/"
+            )
+        raise PrepareInputError(f"{found.detail} (a {kind}, from data.prepare.<name>.{key}); {found.fix}")
+
+    annotations = {
+        split: need(f"{settings.annotations}/{settings.subset}/{split}.json", "annotations", False)
+        for split in settings.splits
+    }
+    visualnews = need(settings.visualnews, "visualnews", False)
+    image_root = need(settings.image_root, "image_root", True)
+    evidence = None
+    if settings.evidence is not None:
+        found = need(settings.evidence, "evidence", True)
+        evidence = Root("evidence folder", settings.path(settings.evidence), found.real, raw.link_roots)
+    return _Inputs(
+        annotations,
+        visualnews,
+        Root("image root", settings.path(settings.image_root), image_root.real, raw.link_roots),
+        evidence,
+        raw.link_roots,
+    )
+
+
+def _stream(file: Resolved, prefix: str) -> Iterator[object]:
+    """The values at ``prefix`` of a JSON file, one at a time; a malformed file is a PrepareInputError."""
+    try:
+        with open_regular(file) as f:
+            yield from stream_items(f, prefix)
+    except ijson.JSONError as exc:
+        raise PrepareInputError(f"{file.real} is not valid JSON ({exc}); re-download it") from exc
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _annotation_ids(annotation: object) -> tuple[int, int, bool] | str:
+    """``(caption id, image id, falsified)``, or what is wrong with the annotation.
+
+    The rule: ``id`` and ``image_id`` must be JSON integers and ``falsified`` JSON ``true``/``false``, as in the
+    NewsCLIPpings release; nothing is converted (a string id or a 0/1 label is a bad annotation), because a file
+    that spells them otherwise was exported by some other tool and may mean something else."""
+    if not isinstance(annotation, dict):
+        return f"it is a {type(annotation).__name__}, not an object"
+    for key, ok, want in (("id", _is_int, "an integer"), ("image_id", _is_int, "an integer")) + (
+        ("falsified", lambda v: isinstance(v, bool), "true or false"),
+    ):
+        value = annotation.get(key)
+        if not ok(value):
+            found = "missing" if key not in annotation else f"a {type(value).__name__} ({_short.repr(value)})"
+            return f"{key} is {found}, not {want}"
+    return annotation["id"], annotation["image_id"], annotation["falsified"]
+
+
+@dataclass
+class _SplitScan:
+    """Pass 1 over one split's annotation file: counts, the pairs used and the duplicates."""
+
+    total: int = 0  # annotations in the file (all of them, for the evidence index check)
+    read: int = 0  # annotations within `limit`
+    bad: int = 0
+    first_bad: str | None = None
+    pairs: dict[tuple[int, int], tuple[int, bool]] = field(default_factory=dict)  # (id, image_id) -> first's
+    # (index, falsified)
+    duplicates: dict[int, tuple[int, bool]] = field(default_factory=dict)  # index -> (the first's index, same label)
+
+
+def _scan_split(settings: NewsClippingsSettings, split: str, file: Resolved, wanted: set[int]) -> _SplitScan:
+    scan = _SplitScan()
+    for index, annotation in enumerate(_stream(file, "annotations.item")):
+        scan.total += 1
+        if settings.limit is not None and index >= settings.limit:
+            continue
+        scan.read += 1
+        ids = _annotation_ids(annotation)
+        if isinstance(ids, str):
+            scan.bad += 1
+            scan.first_bad = scan.first_bad or f"annotation {index}: {ids}"
+            continue
+        wanted.update(ids[:2])
+        if ids[:2] in scan.pairs:
+            first, label = scan.pairs[ids[:2]]
+            scan.duplicates[index] = (first, label == ids[2])
+        else:
+            scan.pairs[ids[:2]] = (index, ids[2])
+    if scan.total == 0:
+        raise PrepareInputError(
+            f'{file.real} has no annotations; expected {{"annotations": [...]}} as in the NewsCLIPpings release'
+        )
+    if scan.bad == scan.read:
+        raise PrepareInputError(
+            f"all {scan.read} annotations read from {settings.annotation_file(split)} are malformed (e.g. "
+            f"{scan.first_bad}); expected {{id: int, image_id: int, falsified: true/false, ...}} as in the "
+            "NewsCLIPpings release: re-download the file, or fix its export"
+        )
+    return scan
+
+
+@dataclass(frozen=True)
+class _Record:
+    """What an item needs of one VisualNews record: the cleaned caption (or why there is none) and the image path."""
+
+    caption: str | None
+    caption_problem: Problem | None  # why the caption cannot be used (drops the item)
+    caption_notes: tuple[Problem, ...]  # how the caption was changed (reported, item kept)
+    image_path: object
+
+
+def _record(record_id: int, record: dict, max_chars: int) -> _Record:
+    caption, image_path = record.get("caption"), record.get("image_path")
+    if not isinstance(caption, str):
+        detail = f"VisualNews record {record_id} has no caption ({_short.repr(caption)})"
+        return _Record(None, Problem(EMPTY_CAPTION, detail, "fix the record in data.json"), (), image_path)
+    cleaned = clean_text(caption)
+    notes = []
+    if cleaned.changes:
+        notes.append(
+            Problem(
+                CAPTION_CLEANED,
+                f"caption of VisualNews record {record_id}: {', '.join(cleaned.changes)}",
+                "nothing to do unless data.json is corrupt; the item is kept with the cleaned caption",
+            )
+        )
+    if not cleaned.text:
+        detail = f"VisualNews record {record_id} has no caption ({_short.repr(caption)})"
+        return _Record(None, Problem(EMPTY_CAPTION, detail, "fix the record in data.json"), (), image_path)
+    text = cleaned.text
+    if len(text) > max_chars:
+        notes.append(
+            Problem(
+                CAPTION_CUT,
+                f"caption of VisualNews record {record_id} has {len(text)} characters; cut to {max_chars} "
+                "(max_caption_chars)",
+                "check the record in data.json, or raise data.prepare.<name>.max_caption_chars",
+            )
+        )
+        text = cut(text, max_chars)
+    return _Record(text, None, tuple(notes), image_path)
+
+
+def _visualnews_records(
+    file: Resolved, wanted: set[int], max_chars: int
+) -> tuple[dict[int, _Record], dict[int, tuple[int, bool]]]:
+    """VisualNews id -> record for the wanted ids only, streaming data.json once; and id -> (number of records,
+    whether they differ) for wanted ids that data.json holds more than once (the first record is used)."""
+    records: dict[int, _Record] = {}
+    duplicates: dict[int, tuple[int, bool]] = {}
+    for record in tqdm(_stream(file, "item"), desc="VisualNews data.json", unit=" records", mininterval=5):
+        record_id = record.get("id") if isinstance(record, dict) else None
+        if not _is_int(record_id) or record_id not in wanted:
+            continue
+        found = _record(record_id, record, max_chars)
+        if record_id in records:
+            count, differ = duplicates.get(record_id, (1, False))
+            duplicates[record_id] = (count + 1, differ or found != records[record_id])
+        else:
+            records[record_id] = found
+    return records, duplicates
+
 
 @dataclass(frozen=True)
 class _Image:
-    """The outcome of checking one VisualNews image (each image is checked and linked once)."""
+    """The outcome of checking one VisualNews image (each image file is checked and linked once)."""
 
     out_path: str | None  # relative to out_dir
     problem: Problem | None
 
 
-def _check_inputs(settings: NewsClippingsSettings) -> None:
-    """Fail before any work when a whole input is missing, naming the file and the setting to fix."""
-    wanted = [(settings.annotation_file(s), "annotations", "file") for s in settings.splits]
-    wanted += [(settings.path(settings.visualnews), "visualnews", "file")]
-    wanted += [(settings.path(settings.image_root), "image_root", "folder")]
-    if settings.evidence is not None:
-        wanted += [(settings.path(settings.evidence), "evidence", "folder")]
-    for path, key, kind in wanted:
-        if not (path.is_file() if kind == "file" else path.is_dir()):
-            raise PrepareInputError(
-                f"{path} does not exist (a {kind}, from data.prepare.<name>.{key} under raw={settings.raw}); "
-                "get the data (README: Running on NewsCLIPpings) or fix the path in conf/data/"
-            )
-
-
-def _stream_json(path: Path, prefix: str) -> Iterator[object]:
-    """The values at ``prefix`` of a JSON file, one at a time; a malformed file is a PrepareInputError."""
-    try:
-        with open(path, "rb") as f:
-            yield from ijson.items(f, prefix)
-    except ijson.JSONError as exc:
-        raise PrepareInputError(f"{path} is not valid JSON ({exc}); re-download it") from exc
-
-
-def _annotations(settings: NewsClippingsSettings, split: str) -> Iterator[tuple[int, object]]:
-    """``(index, annotation)`` for the split's annotations, in file order, up to ``limit``."""
-    for index, annotation in enumerate(_stream_json(settings.annotation_file(split), "annotations.item")):
-        if settings.limit is not None and index >= settings.limit:
-            return
-        yield index, annotation
-
-
-def _annotation_ids(annotation: object) -> tuple[int, int, bool] | None:
-    """``(caption id, image id, falsified)``, or None when the annotation does not have that shape."""
-    if not isinstance(annotation, dict):
-        return None
-    caption_id, image_id, falsified = annotation.get("id"), annotation.get("image_id"), annotation.get("falsified")
-    ids_ok = all(isinstance(v, int) and not isinstance(v, bool) for v in (caption_id, image_id))
-    if not ids_ok or not isinstance(falsified, bool):
-        return None
-    return caption_id, image_id, falsified
-
-
-def _visualnews_records(settings: NewsClippingsSettings, wanted: set[int]) -> dict[int, tuple[object, object]]:
-    """VisualNews id -> (caption, image_path) for the wanted ids only, streaming data.json once."""
-    path = settings.path(settings.visualnews)
-    records: dict[int, tuple[object, object]] = {}
-    for record in tqdm(_stream_json(path, "item"), desc="VisualNews data.json", unit=" records", mininterval=5):
-        record_id = record.get("id") if isinstance(record, dict) else None
-        if isinstance(record_id, int) and record_id in wanted and record_id not in records:
-            records[record_id] = (record.get("caption"), record.get("image_path"))
-    return records
-
-
 class _Preparer:
     """One run: the VisualNews records in use, the images checked so far, the report file and the counts."""
 
-    def __init__(self, settings: NewsClippingsSettings, out_dir: Path, records: dict, report: TextIO):
-        self.settings, self.out_dir, self.records, self.report = settings, out_dir, records, report
-        self.image_root = settings.path(settings.image_root)
-        self.images: dict[int, _Image] = {}
+    def __init__(self, settings: NewsClippingsSettings, inputs: _Inputs, out_dir: Path, records, duplicates, report):
+        self.settings, self.out_dir, self.report = settings, out_dir, report
+        self.records: dict[int, _Record] = records
+        self.duplicates: dict[int, tuple[int, bool]] = duplicates
+        self.image_root = inputs.image_root
+        self.limits = settings.image_limits()
+        self.images: dict[int, _Image] = {}  # by VisualNews image id
+        self.targets: dict[str, _Image] = {}  # by normalised image path: ./a/1.jpg, a//1.jpg, a\1.jpg are one
         self.links: Counter[str] = Counter()
         self.problems: Counter[tuple[str, bool, str]] = Counter()  # (split, dropped, reason) -> count
+        self.examples: dict[str, list[str]] = {}  # split -> the first few reasons items were dropped
+        self.kept_pairs: dict[tuple[int, int], str] = {}  # (caption id, image id) -> the first item made of it
+        self.overlaps: list[tuple[str, str, tuple[int, int]]] = []  # (earlier item, later item, pair)
 
     def record_problem(self, split: str, index: int, problem: Problem, *, dropped: bool) -> None:
         """Count a problem and append it to the report: the item, the reason, whether it was left out, the fix."""
         self.problems[split, dropped, problem.reason] += 1
+        item_id = f"{split}-{index:06d}"
+        if dropped and len(self.examples.setdefault(split, [])) < 3:
+            self.examples[split].append(f"{item_id}: {problem.reason} ({problem.detail})")
         row = {
             "split": split,
             "index": index,
-            "item_id": f"{split}-{index:06d}",
+            "item_id": item_id,
             "reason": problem.reason,
             "dropped": dropped,
             "path": problem.path,
@@ -202,8 +397,13 @@ class _Preparer:
         }
         self.report.write(json.dumps(row) + "\n")
 
-    def counts(self, split: str, dropped: bool) -> dict[str, int]:
-        return {r: n for (s, d, r), n in sorted(self.problems.items()) if s == split and d == dropped}
+    def counts(self, split: str, dropped: bool, evidence: bool | None = None) -> dict[str, int]:
+        """Problem counts of a split by reason; ``evidence`` True/False: only evidence reasons / only the others."""
+        return {
+            r: n
+            for (s, d, r), n in sorted(self.problems.items())
+            if s == split and d == dropped and (evidence is None or r.startswith("evidence_") == evidence)
+        }
 
     def image(self, image_id: int) -> _Image:
         """Check (once per image) that the record's image is usable, and link it into out_dir/images."""
@@ -212,58 +412,88 @@ class _Preparer:
         return self.images[image_id]
 
     def _link_image(self, image_id: int) -> _Image:
-        image_path = self.records[image_id][1]
+        image_path = self.records[image_id].image_path
         if not isinstance(image_path, str):
-            detail = f"VisualNews record {image_id} has no image_path string ({image_path!r})"
+            detail = f"VisualNews record {image_id} has no image_path string ({_short.repr(image_path)})"
             return _Image(None, Problem(BAD_VISUALNEWS_RECORD, detail, "fix the record in data.json"))
-        relative, problem = relative_inside("image root", image_path)
-        if problem is None:
-            src = self.image_root / relative
-            limits = {"max_bytes": self.settings.max_image_bytes, "max_pixels": self.settings.max_image_pixels}
-            problem = check_image(src, **limits)
+        found = self.image_root.resolve(image_path)
+        if isinstance(found, Problem):
+            return _Image(None, replace(found, path=image_path))
+        if found.relative not in self.targets:  # another record may spell the same file otherwise
+            self.targets[found.relative] = self._check_and_link(found, image_path)
+        return self.targets[found.relative]
+
+    def _check_and_link(self, found: Resolved, image_path: str) -> _Image:
+        problem = check_image(found, self.limits)
         if problem is not None:
             return _Image(None, replace(problem, path=image_path))
-        out_path = f"{IMAGES_DIR}/{relative}"
-        self.links[link_or_copy(src, self.out_dir / out_path, self.settings.link_images)] += 1
+        out_path = f"{IMAGES_DIR}/{found.relative}"
+        try:
+            self.links[link_or_copy(found, self.out_dir / out_path, self.settings.link_images)] += 1
+        except (FileExistsError, NotADirectoryError) as exc:  # e.g. A/1.jpg and a/1.jpg on a case-blind disk
+            detail = f"{out_path} cannot be written: another image is already there ({exc})"
+            return _Image(None, Problem(IMAGE_PATH_COLLISION, detail, "rename one of the images", image_path))
         return _Image(out_path, None)
 
-    def item(self, split: str, index: int, annotation: object, evidence: EvidenceReader | None) -> dict | Problem:
-        """The item and gold label of one annotation, or the problem that leaves it out."""
+    def item(
+        self, split: str, index: int, annotation: object, scan: _SplitScan, evidence: EvidenceReader | None
+    ) -> tuple[dict | None, Problem | None, list[Problem]]:
+        """``(row, None, notes)`` for a kept item (notes: what was changed or is worth knowing), or ``(None, the
+        problem that leaves it out, [])``."""
         ids = _annotation_ids(annotation)
-        if ids is None:
-            return Problem(
-                BAD_ANNOTATION,
-                f"annotation {index} is not {{id: int, image_id: int, falsified: bool, ...}}: {annotation!r:.200}",
-                "fix or remove the annotation",
-            )
+        if isinstance(ids, str):
+            detail = f"annotation {index}: {ids}: {_short.repr(annotation)}"
+            return None, Problem(BAD_ANNOTATION, detail, "fix or remove the annotation"), []
         caption_id, image_id, falsified = ids
+        if index in scan.duplicates:
+            first, same_label = scan.duplicates[index]
+            same = "with the same label" if same_label else "with the other label (the first's label is kept)"
+            detail = f"annotation {index} repeats annotation {first} (id {caption_id}, image_id {image_id}) {same}"
+            fix = "remove the duplicate from the annotation file; the first is kept"
+            return None, Problem(DUPLICATE_ANNOTATION, detail, fix), []
         for vn_id, reason in ((caption_id, UNKNOWN_CAPTION_ID), (image_id, UNKNOWN_IMAGE_ID)):
             if vn_id not in self.records:
-                return Problem(
-                    reason,
-                    f"VisualNews data.json has no record with id {vn_id}",
-                    "use the VisualNews origin/data.json the annotations were made from",
+                return (
+                    None,
+                    Problem(
+                        reason,
+                        f"VisualNews data.json has no record with id {vn_id}",
+                        "use the VisualNews origin/data.json the annotations were made from",
+                    ),
+                    [],
                 )
-        caption = self.records[caption_id][0]
-        if not isinstance(caption, str) or not caption.strip():
-            detail = f"VisualNews record {caption_id} has no caption ({caption!r:.80})"
-            return Problem(EMPTY_CAPTION, detail, "fix the record in data.json")
+        record = self.records[caption_id]
+        if record.caption_problem is not None:
+            return None, record.caption_problem, []
         image = self.image(image_id)
         if image.problem is not None:
-            return image.problem
+            return None, image.problem, []
+        notes = list(record.caption_notes)
+        for vn_id in dict.fromkeys((caption_id, image_id)):
+            if vn_id in self.duplicates:
+                count, differ = self.duplicates[vn_id]
+                how = "that differ" if differ else "that are the same"
+                detail = f"data.json has {count} records with id {vn_id} ({how}); the first is used"
+                notes.append(Problem(DUPLICATE_VISUALNEWS_ID, detail, "remove the duplicate records from data.json"))
+        item_id = f"{split}-{index:06d}"
+        earlier = self.kept_pairs.setdefault((caption_id, image_id), item_id)
+        if earlier != item_id:  # within a split a pair is unique (duplicates are dropped above)
+            self.overlaps.append((earlier, item_id, (caption_id, image_id)))
+            detail = f"the same caption id and image id as {earlier} (allow_split_overlap is true)"
+            notes.append(Problem(SPLIT_OVERLAP, detail, "use split files without shared items"))
         row = {
-            "id": f"{split}-{index:06d}",
+            "id": item_id,
             "image_path": image.out_path,
-            "caption": caption.strip(),
+            "caption": record.caption,
             "gold_label": FALSIFIED if falsified else PRISTINE,
         }
         if evidence is not None:
             found, problem = evidence.read(index)
             if problem is not None:
-                self.record_problem(split, index, problem, dropped=False)
+                notes.append(problem)
             if found is not None:
                 row |= {"evidence_entities": found.entities, "evidence_captions": found.captions}
-        return row
+        return row, None, notes
 
 
 class _SplitWriter:
@@ -296,33 +526,44 @@ class _SplitWriter:
             writer.close()
 
 
+def _annotations(file: Resolved, limit: int | None) -> Iterator[tuple[int, object]]:
+    """``(index, annotation)`` for the split's annotations, in file order, up to ``limit``."""
+    for index, annotation in enumerate(_stream(file, "annotations.item")):
+        if limit is not None and index >= limit:
+            return
+        yield index, annotation
+
+
 def prepare_newsclippings(settings: NewsClippingsSettings, out_dir: str | Path) -> dict:
     """Write the items, gold labels, images and report of every split to ``out_dir``; return the counts.
 
-    The summary, per split: ``annotations`` read, ``items`` written, ``labels`` counts, ``dropped`` (total and by
-    reason), ``with_evidence`` (items that got evidence) and ``evidence_problems`` by reason (items kept)."""
-    _check_inputs(settings)
+    Every input is checked, and ``out_dir`` against them, before anything is written; the output is built beside
+    ``out_dir`` and replaces it only when every split has items. The summary, per split: ``annotations`` read,
+    ``items`` written, ``labels`` counts, ``dropped`` (total and by reason), ``with_evidence`` (items that got
+    evidence), ``evidence_problems`` by reason, and ``kept_with_warnings`` by reason (items kept with another
+    reported change or warning: a cut caption, a duplicate VisualNews id, ...; present only when there are any)."""
+    out_dir = Path(out_dir)
+    inputs = _check_inputs(settings)
+    apart = {"raw": Path(settings.raw)} | {f"link_roots ({p})": p for p in inputs.link_roots}
+    apart |= {f"annotations ({split})": f.real for split, f in inputs.annotation_files.items()}
+    apart |= {"visualnews": inputs.visualnews.real, "image_root": inputs.image_root.real}
+    if inputs.evidence is not None:
+        apart["evidence"] = inputs.evidence.real
+    check_apart(out_dir, apart)
 
     evidence: dict[str, EvidenceReader | None] = {split: None for split in settings.splits}
-    if settings.evidence is not None:
-        root = settings.path(settings.evidence)
-        evidence = {split: EvidenceReader(root, split, settings.evidence_limits) for split in settings.splits}
+    if inputs.evidence is not None:
+        evidence = {
+            split: EvidenceReader(inputs.evidence, split, settings.evidence_limits) for split in settings.splits
+        }
 
     wanted: set[int] = set()
-    for split in settings.splits:
-        n = 0
-        for _, annotation in _annotations(settings, split):
-            n += 1
-            ids = _annotation_ids(annotation)
-            if ids is not None:
-                wanted.update(ids[:2])
-        if n == 0:
-            raise PrepareInputError(
-                f'{settings.annotation_file(split)} has no annotations; expected {{"annotations": [...]}} '
-                "as in the NewsCLIPpings release"
-            )
+    scans = {split: _scan_split(settings, split, inputs.annotation_files[split], wanted) for split in settings.splits}
+    for split, reader in evidence.items():
+        if reader is not None:
+            reader.check_indices(scans[split].total, settings.annotation_file(split), settings.subset)
     log.info("the annotations use %d distinct VisualNews ids; reading their records", len(wanted))
-    records = _visualnews_records(settings, wanted)
+    records, duplicates = _visualnews_records(inputs.visualnews, wanted, settings.max_caption_chars)
     if wanted and not records:
         raise PrepareInputError(
             f"{settings.path(settings.visualnews)} has none of the {len(wanted)} ids the annotations use; expected "
@@ -330,38 +571,72 @@ def prepare_newsclippings(settings: NewsClippingsSettings, out_dir: str | Path) 
         )
     del wanted
 
-    out_dir = Path(out_dir)
-    (out_dir / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
     summary: dict = {"subset": settings.subset, "evidence": settings.evidence is not None, "splits": {}}
-    with open(out_dir / REPORT_FILE, "w") as report:
-        preparer = _Preparer(settings, out_dir, records, report)
+    with staged_folder(out_dir) as build, open(build / REPORT_FILE, "w") as report:
+        (build / IMAGES_DIR).mkdir()
+        preparer = _Preparer(settings, inputs, build, records, duplicates, report)
         for split in settings.splits:
-            writer = _SplitWriter(out_dir, split)
-            annotations, with_evidence, labels = 0, 0, Counter()
-            for index, annotation in tqdm(_annotations(settings, split), desc=f"prepare {split}", unit=" items"):
-                annotations += 1
-                result = preparer.item(split, index, annotation, evidence[split])
-                if isinstance(result, Problem):
-                    preparer.record_problem(split, index, result, dropped=True)
-                    continue
-                writer.add(result)
-                labels[result["gold_label"]] += 1
-                with_evidence += result.get("evidence_entities") is not None
-            writer.close()
-            dropped = preparer.counts(split, dropped=True)
-            summary["splits"][split] = {
-                "annotations": annotations,
-                "items": sum(labels.values()),
-                "labels": {label: labels[label] for label in (PRISTINE, FALSIFIED)},
-                "dropped": sum(dropped.values()),
-                "dropped_by_reason": dropped,
-                "with_evidence": with_evidence,
-                "evidence_problems": preparer.counts(split, dropped=False),
-            }
+            summary["splits"][split] = _prepare_split(preparer, split, scans[split], evidence[split], inputs)
             _log_split(split, summary["splits"][split], out_dir / REPORT_FILE)
-    used = sum(1 for image in preparer.images.values() if image.problem is None)
-    summary["images"] = {"distinct_used": used, **dict(sorted(preparer.links.items()))}
+        _check_overlap(settings, preparer.overlaps)
+        for split, counts in summary["splits"].items():
+            if counts["items"] == 0:
+                examples = "; ".join(preparer.examples.get(split, []))
+                raise PrepareInputError(
+                    f"split {split}: none of its {counts['annotations']} annotations became an item "
+                    f"({counts['dropped_by_reason']}; e.g. {examples}); nothing was written. Fix the inputs "
+                    "these reasons name (docs/newsclippings.md lists each reason)"
+                )
+        used = sum(1 for image in preparer.targets.values() if image.problem is None)
+        summary["images"] = {"distinct_used": used, **dict(sorted(preparer.links.items()))}
     return summary
+
+
+def _check_overlap(settings: NewsClippingsSettings, overlaps: list[tuple[str, str, tuple[int, int]]]) -> None:
+    """Refuse items made of the same (caption id, image id) pair in two splits, unless ``allow_split_overlap`` (then
+    each is reported as ``split_overlap``): a test item seen in training makes the scores a measure of memory."""
+    if not overlaps or settings.allow_split_overlap:
+        return
+    examples = "; ".join(f"{a} and {b} (id {pair[0]}, image_id {pair[1]})" for a, b, pair in overlaps[:3])
+    splits = sorted({item.rsplit("-", 1)[0] for a, b, _ in overlaps for item in (a, b)})
+    raise PrepareInputError(
+        f"{len(overlaps)} items of splits {', '.join(splits)} are made of the same caption id and image id as an "
+        f"item of an earlier split, e.g. {examples}: an item in two splits leaks between training and evaluation. "
+        "Use the annotation files of one NewsCLIPpings release, or set data.prepare.<name>.allow_split_overlap: true"
+    )
+
+
+def _prepare_split(
+    preparer: _Preparer, split: str, scan: _SplitScan, evidence: EvidenceReader | None, inputs: _Inputs
+) -> dict:
+    """Pass 3 over one split: write its items and gold labels, report its problems; return its counts."""
+    writer = _SplitWriter(preparer.out_dir, split)
+    annotations, with_evidence, labels = 0, 0, Counter()
+    file = inputs.annotation_files[split]
+    for index, annotation in tqdm(_annotations(file, preparer.settings.limit), desc=f"prepare {split}", unit=" items"):
+        annotations += 1
+        row, problem, notes = preparer.item(split, index, annotation, scan, evidence)
+        if row is None:
+            preparer.record_problem(split, index, problem, dropped=True)
+            continue
+        for note in notes:
+            preparer.record_problem(split, index, note, dropped=False)
+        writer.add(row)
+        labels[row["gold_label"]] += 1
+        with_evidence += row.get("evidence_entities") is not None
+    writer.close()
+    dropped = preparer.counts(split, dropped=True)
+    warnings = preparer.counts(split, dropped=False, evidence=False)
+    counts = {
+        "annotations": annotations,
+        "items": sum(labels.values()),
+        "labels": {label: labels[label] for label in (PRISTINE, FALSIFIED)},
+        "dropped": sum(dropped.values()),
+        "dropped_by_reason": dropped,
+        "with_evidence": with_evidence,
+        "evidence_problems": preparer.counts(split, dropped=False, evidence=True),
+    }
+    return counts | ({"kept_with_warnings": warnings} if warnings else {})  # only when there are any
 
 
 def _log_split(split: str, counts: dict, report_file: Path) -> None:
@@ -373,13 +648,14 @@ def _log_split(split: str, counts: dict, report_file: Path) -> None:
         counts["labels"],
         counts["with_evidence"],
     )
-    if counts["dropped"] or counts["evidence_problems"]:
+    if counts["dropped"] or counts["evidence_problems"] or counts.get("kept_with_warnings"):
         log.warning(
-            "%s: %d records left out %s, %d items kept without evidence %s; each is listed in %s",
+            "%s: %d records left out %s; kept with evidence problems %s and with other warnings %s; each is listed "
+            "in %s",
             split,
             counts["dropped"],
             counts["dropped_by_reason"],
-            sum(counts["evidence_problems"].values()),
             counts["evidence_problems"],
+            counts.get("kept_with_warnings", {}),
             report_file,
         )
