@@ -259,3 +259,15 @@ def test_requests_are_pulled_from_a_stream_as_workers_free_up():
     assert [r.item_id for r in replies] == [f"id{i}" for i in range(12)]
     assert order[-1][0] == "id0"  # the slow one came last; the other worker answered all the rest meanwhile
     assert all(taken_then <= int(item_id[2:]) + 2 for item_id, taken_then in order[:-1])
+
+
+def test_a_server_that_refuses_the_key_is_taken_out_and_the_others_answer(caplog):
+    with (
+        FaultInjectingChatServer(default_fault="401") as refusing,
+        FaultInjectingChatServer(latency=0.01) as healthy,
+    ):
+        t = teacher([refusing.base_url, healthy.base_url], max_concurrency=2, max_retries=1)
+        replies = t.answer(requests(10))
+    assert all(r.error is None for r in replies)
+    assert 1 <= len(refusing.requests) <= 2 and len(healthy.requests) == 10
+    assert any("refused the request (HTTP 401" in r.getMessage() for r in caplog.records)
