@@ -225,3 +225,54 @@ def build_raw(raw: Path, subset: str = SUBSET, evidence: bool = True) -> RawData
         (root / "dataset_items_val.json").write_text(json.dumps(val_items))
         (root / "dataset_items_test.json").write_text("{}")
     return RawData(raw, image_root)
+
+
+# --- Changing a built folder, for the hostile-input tests (tests/data/test_hostile_inputs.py) ---
+
+# The items every run on the unchanged fixture keeps: item id -> (caption, gold label). A hostile record added to
+# the folder must leave all of them as they are.
+BASE_ITEMS: dict[str, tuple[str, str]] = {
+    "train-000000": (RECORDS[1][0], PRISTINE),
+    "train-000001": (RECORDS[2][0], FALSIFIED),
+    "train-000002": (RECORDS[3][0], PRISTINE),
+    "train-000003": (RECORDS[4][0], FALSIFIED),
+    "val-000000": (RECORDS[11][0], PRISTINE),
+    "val-000001": (RECORDS[12][0], FALSIFIED),
+    "test-000000": (RECORDS[13][0], PRISTINE),
+    "test-000001": (RECORDS[14][0], FALSIFIED),
+}
+SPLIT_SIZES = {"train": len(TRAIN), "val": len(VAL), "test": len(TEST)}  # the next annotation's index per split
+
+
+def annotation_file(raw: Path, split: str, subset: str = SUBSET) -> Path:
+    return raw / "news_clippings/data" / subset / f"{split}.json"
+
+
+def add_annotations(raw: Path, split: str, rows: list[object], subset: str = SUBSET) -> list[str]:
+    """Append annotations to a split's file; return the item ids they will have."""
+    path = annotation_file(raw, split, subset)
+    annotations = json.loads(path.read_text())["annotations"]
+    start = len(annotations)
+    path.write_text(json.dumps({"annotations": annotations + rows}))
+    return [f"{split}-{i:06d}" for i in range(start, start + len(rows))]
+
+
+def add_records(raw: Path, records: list[dict], text: str | None = None) -> None:
+    """Append VisualNews records to data.json (``text``: raw JSON text of more records, e.g. with escapes)."""
+    path = raw / "visual_news/origin/data.json"
+    body = path.read_text().rstrip()
+    assert body.endswith("]")
+    extra = [json.dumps(r) for r in records] + ([text] if text else [])
+    path.write_text(body[:-1] + "".join(", " + e for e in extra) + "]")
+
+
+def record(record_id: int, caption: object, image_path: object) -> dict:
+    return {"id": record_id, "caption": caption, "image_path": image_path}
+
+
+def add_evidence(raw: Path, split: str, index: int, inv_path: str, subset: str = SUBSET) -> None:
+    """Add an entry to a split's CCN dataset_items index."""
+    path = raw / "queries_dataset" / subset / f"dataset_items_{split}.json"
+    items = json.loads(path.read_text())
+    items[str(index)] = {"inv_path": inv_path}
+    path.write_text(json.dumps(items))

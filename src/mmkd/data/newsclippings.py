@@ -305,7 +305,8 @@ class _Record:
 def _record(record_id: int, record: dict, max_chars: int) -> _Record:
     caption, image_path = record.get("caption"), record.get("image_path")
     if not isinstance(caption, str):
-        detail = f"VisualNews record {record_id} has no caption ({_short.repr(caption)})"
+        found = f"{type(caption).__name__}: {_short.repr(caption)}" if caption is not None else "none"
+        detail = f"VisualNews record {record_id} has no caption string (found {found})"
         return _Record(None, Problem(EMPTY_CAPTION, detail, "fix the record in data.json"), (), image_path)
     cleaned = clean_text(caption)
     notes = []

@@ -1,6 +1,7 @@
 """The one cleaning rule for text that goes into prompts: VisualNews captions and CCN evidence.
 
-In order: a lone surrogate (JSON can hold ``\\ud800``, which no UTF-8 writer takes) becomes U+FFFD; tab, line and
+In order: a lone surrogate (JSON can hold ``\\ud800``, which no UTF-8 writer takes) becomes U+FFFD (the streaming
+reader does the same on its way in), and each U+FFFD is reported; tab, line and
 page breaks (U+0009-U+000D, U+0085, U+2028, U+2029) become spaces; every other C0/C1 control character (NUL,
 U+0001-U+001F, U+007F-U+009F) is removed, as are the bidirectional embeddings, overrides and isolates
 (U+202A-U+202E, U+2066-U+2069), the direction marks (U+200E, U+200F, U+061C) and the invisible zero-width space,
@@ -34,9 +35,10 @@ class CleanText:
 def clean_text(text: str) -> CleanText:
     """Apply the module's rule to ``text``."""
     changes = []
-    text, n = _LONE_SURROGATE.subn("\ufffd", text)
+    text = _LONE_SURROGATE.sub("\ufffd", text)
+    n = text.count("\ufffd")  # also those mmkd.data.json_stream replaced while reading
     if n:
-        changes.append(f"{n} lone surrogate{'s' * (n > 1)} replaced by U+FFFD")
+        changes.append(f"{n} unreadable character{'s' * (n > 1)} (lone surrogates, now U+FFFD)")
     text = _BREAKS.sub(" ", text)
     for pattern, what in ((_CONTROLS, "control character"), (_INVISIBLE, "bidirectional or invisible character")):
         text, n = pattern.subn("", text)
