@@ -1,4 +1,8 @@
-"""Stage `stage2`: LoRA SFT + DPO on the conflict set, on top of merged Stage 1 -> models/stage2, dvclive/stage2."""
+"""Stage `stage2`: LoRA SFT + DPO on the selected (conflict) items, on top of merged Stage 1 -> models/stage2,
+dvclive/stage2. With ``--baseline NAME`` (stage `baseline@NAME`), the same recipe on a baseline's selection
+(data/baselines/NAME) -> models/baselines/NAME, dvclive/baselines/NAME."""
+
+import argparse
 
 from mmkd import paths
 from mmkd.console import setup_logging
@@ -10,14 +14,19 @@ from mmkd.training.trainers import run_stage2
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--baseline", choices=paths.STAGE2_BASELINES, help="train a Stage-2 baseline instead")
+    args = parser.parse_args()
     setup_logging()
     params = read_params()
     student, settings = params["student"], from_params(Stage2Settings, params["stage2"], "stage2")
     seed_everything(params["seed"])
 
     items = read_items(paths.items_file(params["data"]["dir"], "train"))
-    sft_rows = with_prompts(read_sft_rows(paths.STAGE2_SFT), items, student["prompt_version"])
-    pairs = with_prompts(read_pairs(paths.STAGE2_PAIRS), items, student["prompt_version"])
+    _, sft_file, pairs_file = paths.split_tables(args.baseline)
+    sft_rows = with_prompts(read_sft_rows(sft_file), items, student["prompt_version"])
+    pairs = with_prompts(read_pairs(pairs_file), items, student["prompt_version"])
+    out_dir, live_dir = paths.stage2_dirs(args.baseline)
 
     run_stage2(
         student["model"],
@@ -26,8 +35,8 @@ def main() -> None:
         pairs,
         settings=settings,
         seed=params["seed"],
-        out_dir=paths.STAGE2_ADAPTER,
-        live_dir=paths.DVCLIVE / "stage2",
+        out_dir=out_dir,
+        live_dir=live_dir,
         dtype=student["dtype"],
         prompt_version=student["prompt_version"],
     )

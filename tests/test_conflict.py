@@ -89,7 +89,7 @@ def test_split_outputs_and_metrics(three_teachers, tmp_path):
     assert metrics["n_items"] == 5
     assert metrics["conflict_count"] == 2 and metrics["conflict_rate"] == 0.4
     assert metrics["labelled_fraction"] == 0.4 and metrics["gold_labels_read"] == 2
-    assert metrics["conflicts_without_chosen"] == 1
+    assert metrics["selected_without_chosen"] == 1
     assert metrics["unparsed_rate"] == {"a": 0.0, "b": 0.2, "c": 0.0}
     assert metrics["agreement"]["a|b"]["rate"] == pytest.approx(2 / 3, abs=1e-6)
     assert metrics["agreement"]["a|b"]["n_both_parsed"] == 3

@@ -181,9 +181,10 @@ def test_stage_outputs_are_the_paths_the_library_defines(stages, params):
     """dvc.yaml and mmkd.paths spell each output path; they must agree, or DVC would track a folder nobody writes."""
     outs = {name: {PurePosixPath(o.def_path) for o in stage.outs} for name, stage in stages.items()}
     want = {
-        "split": {paths.SPLIT, paths.metrics_file("split")},
+        "split": {paths.SPLIT, paths.BASELINE_SPLITS, paths.metrics_file("split")},
         "stage1": {paths.STAGE1_ADAPTER, paths.DVCLIVE / "stage1"},
-        "stage2": {paths.STAGE2_ADAPTER, paths.DVCLIVE / "stage2"},
+        "stage2": set(paths.stage2_dirs()),
+        **{f"baseline@{b}": set(paths.stage2_dirs(b)) for b in paths.STAGE2_BASELINES},
         "evaluate": {paths.PREDICTIONS, paths.CONFUSION, paths.metrics_file("evaluate")},
         "bootstrap@demo": set(paths.bootstrap_dirs("demo")),
     }
@@ -192,6 +193,8 @@ def test_stage_outputs_are_the_paths_the_library_defines(stages, params):
         want[f"label@{teacher}"] = answers | {paths.metrics_file(f"teachers/{teacher}")}
     for name, expected in want.items():
         assert outs[name] == {PurePosixPath(p) for p in expected}, name
+    for baseline in paths.STAGE2_BASELINES:  # each baseline trains on its own split tables, inside split's outs
+        assert paths.split_tables(baseline)[1].parent.parent == paths.BASELINE_SPLITS
 
 
 def test_source_deps_exist(stages):

@@ -24,7 +24,7 @@ import yaml
 from dvc_env import describe, offline_env
 from expected_files import ADAPTER_FILES, DEMO_MODEL_FILES
 
-from mmkd.evaluation import METRIC_KEYS
+from mmkd.evaluation import SYSTEM_KEYS
 
 pytestmark = pytest.mark.e2e
 
@@ -38,6 +38,7 @@ STAGES = (
     "split",
     "stage1",
     "stage2",
+    "baseline@random_budget",
     "evaluate",
 )
 # Everything DVC caches, so pushes and pulls: these outputs, and every folder in OUT_PARENTS (one per teacher/model).
@@ -48,6 +49,8 @@ CACHED_OUTS = (
     "dvclive/bootstrap/demo",
     "dvclive/stage1",
     "dvclive/stage2",
+    "data/baselines",
+    "dvclive/baselines/random_budget",
 )
 OUT_PARENTS = ("data/answers", "models")
 RUNNING = re.compile(r"Running stage '([^']+)'")
@@ -156,13 +159,24 @@ def test_first_repro_writes_metrics_and_outputs(pipeline: Pipeline):
     assert running_stages(pipeline.first_repro) == set(STAGES)
 
     evaluation = read_json(repo / "metrics/evaluate.json")
-    assert set(evaluation) == {"zero_shot", "stage1", "stage2", "teachers"}
+    assert set(evaluation) == {"zero_shot", "stage1", "stage2", "teachers", "baselines", "significance"}
     assert set(evaluation["teachers"]) == set(TEACHERS)
+    assert set(evaluation["baselines"]) == {"majority_vote", "random_budget"}
     entries = {name: evaluation[name] for name in ("zero_shot", "stage1", "stage2")}
     entries |= {f"teachers.{t}": m for t, m in evaluation["teachers"].items()}
+    entries |= {f"baselines.{b}": m for b, m in evaluation["baselines"].items()}
     for name, metrics in entries.items():
-        assert set(metrics) == set(METRIC_KEYS), f"metrics/evaluate.json: {name} has keys {sorted(metrics)}"
+        assert set(metrics) == set(SYSTEM_KEYS), f"metrics/evaluate.json: {name} has keys {sorted(metrics)}"
         assert metrics["n"] > 0, f"metrics/evaluate.json: {name} scored no items"
+        low, high = metrics["accuracy_ci95"]
+        assert low <= metrics["accuracy"] <= high, (name, metrics)
+    compared = {name.split(" ")[0] for name in evaluation["significance"]}
+    assert compared == {
+        "stage2_vs_best_teacher",
+        "stage2_vs_stage1",
+        "stage2_vs_majority_vote",
+        "stage2_vs_random_budget",
+    }
 
     split = read_json(repo / "metrics/split.json")
     for key in ("n_items", "conflict_count", "conflict_rate", "labelled_fraction", "unparsed_rate", "agreement"):
@@ -180,9 +194,11 @@ def test_first_repro_writes_metrics_and_outputs(pipeline: Pipeline):
     }
     assert predictions == {"zero_shot.parquet", "stage1.parquet", "stage2.parquet"} | {
         f"teachers/{t}.parquet" for t in TEACHERS
-    }, predictions
-    for stage in ("stage1", "stage2"):
+    } | {"baselines/majority_vote.parquet", "baselines/random_budget.parquet"}, predictions
+    for stage in ("stage1", "stage2", "baselines/random_budget"):
         assert files_in(repo / "models" / stage) == ADAPTER_FILES, stage
+    # random_budget reads exactly as many gold labels as the method, on other items
+    assert split["baselines"]["random_budget"]["gold_labels_read"] == split["gold_labels_read"], split
     assert {p.name for p in (repo / "models/demo").iterdir()} == set(DEMO_MODELS)
     for model in DEMO_MODELS:
         assert files_in(repo / "models/demo" / model) == DEMO_MODEL_FILES, model
@@ -230,9 +246,8 @@ def test_one_teacher_setting_invalidates_that_teacher_only(reproduced: Pipeline)
         dry = dvc(reproduced, "repro", "--dry")
         assert running_stages(dry) == LABEL_STAGES, describe(dry)
         downstream = dvc(reproduced, "repro", "--dry", "--force-downstream")
-        assert running_stages(downstream) == LABEL_STAGES | {"split", "stage1", "stage2", "evaluate"}, describe(
-            downstream
-        )
+        later = {"split", "stage1", "stage2", "baseline@random_budget", "evaluate"}
+        assert running_stages(downstream) == LABEL_STAGES | later, describe(downstream)
     finally:
         git(reproduced, "checkout", "--", "params.yaml")
     assert changed_stages(reproduced) == {}
@@ -261,7 +276,7 @@ def test_push_then_pull_restores_every_file(reproduced: Pipeline, tmp_path):
         before = cached_files(repo)
         assert any(name.startswith("models/stage2/") for name in before), sorted(before)
         assert {f"models/demo/{m}/model.safetensors" for m in (*TEACHERS, "student_base")} <= set(before)
-        models = ("demo", "stage1", "stage2")  # models/demo holds the teachers and the student base
+        models = ("demo", "stage1", "stage2", "baselines")  # models/demo: the teachers and the student base
         expected = {*CACHED_OUTS, *(f"data/answers/{t}" for t in TEACHERS), *(f"models/{m}" for m in models)}
         assert {str(out.relative_to(repo)) for out in cached_outputs(repo)} == expected
         for path in [repo / ".dvc/cache", *cached_outputs(repo)]:
@@ -276,7 +291,7 @@ def test_push_then_pull_restores_every_file(reproduced: Pipeline, tmp_path):
         git(reproduced, "checkout", "--", ".dvc/config")
 
 
-TRAINING_STAGES = {"bootstrap@demo", "stage1", "stage2"}
+TRAINING_STAGES = {"bootstrap@demo", "stage1", "stage2", "baseline@random_budget"}
 
 
 def tracked_and_output_files(repo: Path) -> dict[str, bytes]:

@@ -1,5 +1,6 @@
-"""The ``mmkd`` command line: ``predict`` (one item or a file of items), ``compose`` (conf/ -> params.yaml) and
-``report`` (an offline HTML report of a run)."""
+"""The ``mmkd`` command line: ``predict`` (one item or a file of items), ``compose`` (conf/ -> params.yaml),
+``report`` (an offline HTML report of a run), ``summarize`` (mean ± sd over experiments, e.g. seeds) and
+``label-curve`` (the label-efficiency plot from a sweep of experiments)."""
 
 from __future__ import annotations
 
@@ -106,6 +107,42 @@ def _push(args: argparse.Namespace) -> int:
     return 0
 
 
+def _runs(args: argparse.Namespace):
+    from mmkd.experiments import dvc_exp_show, runs_from_show
+
+    show = json.loads(Path(args.show_json).read_text()) if args.show_json else dvc_exp_show(args.repo)
+    runs = runs_from_show(show, args.names or None)
+    if not runs:
+        raise SystemExit("mmkd: no experiment with metrics/evaluate.json; run some (README: Seeds and sweeps)")
+    return runs
+
+
+def _summarize(args: argparse.Namespace) -> int:
+    from mmkd.experiments import summarize, summary_markdown
+
+    rows = summarize(_runs(args))
+    sys.stdout.write(json.dumps(rows, indent=1) + "\n" if args.json else summary_markdown(rows))
+    return 0
+
+
+def _label_curve(args: argparse.Namespace) -> int:
+    from mmkd.experiments import curve_csv, curve_svg, label_efficiency
+
+    points, references = label_efficiency(_runs(args))
+    Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.csv).write_text(curve_csv(points))
+    Path(args.svg).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.svg).write_text(curve_svg(points, references))
+    print(json.dumps({"points": len(points), "csv": args.csv, "svg": args.svg, "references": references}))
+    return 0
+
+
+def _experiment_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("names", nargs="*", help="experiment names to include (default: every one with test metrics)")
+    p.add_argument("--show-json", help="read `dvc exp show --json` output from this file instead of running it")
+    p.add_argument("--repo", default=".", help="root of the DVC repository (default: .)")
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="mmkd", description=__doc__)
@@ -151,6 +188,17 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("-j", "--jobs", type=int, help="parallel transfers")
     u.add_argument("--repo", default=".", help="root of the DVC repository (default: .)")
     u.set_defaults(func=_push)
+
+    m = sub.add_parser("summarize", help="mean ± sd of each system's test accuracy over experiments (e.g. seeds)")
+    _experiment_args(m)
+    m.add_argument("--json", action="store_true", help="print JSON rows instead of a Markdown table")
+    m.set_defaults(func=_summarize)
+
+    c = sub.add_parser("label-curve", help="the label-efficiency curve (Stage 2 vs gold labels read) from experiments")
+    _experiment_args(c)
+    c.add_argument("--csv", default="metrics/label_efficiency.csv", help="the points (a DVC plot)")
+    c.add_argument("--svg", default="docs/label_efficiency.svg", help="the figure (renders offline)")
+    c.set_defaults(func=_label_curve)
 
     args = parser.parse_args(argv)
     return args.func(args)

@@ -1,5 +1,17 @@
-"""The conflict split: find the training items on which the teachers disagree, read gold labels for those only,
-and turn them into Stage-2 data.
+"""The gold-label split: choose the training items that get a gold label (the paper: those on which the teachers
+disagree), read gold for those only, and turn them into Stage-2 data.
+
+Selection (``split.select``, ``Selection``): ``rule`` picks the candidates among the usable items:
+- ``conflict`` (the paper's, the default): the conflict items below;
+- ``no_majority``: items whose teachers' labels have no strict majority (more than half of the teachers; with
+  ``unparsed="ignore"``, more than half of the parsed labels). With two teachers this is ``conflict``; with three
+  or more it reads fewer labels (a 2-1 item has a majority);
+- ``random``: every usable item, so that the budget below takes a seeded random sample of them;
+- ``all``: every usable item.
+An optional ``budget`` caps the gold labels read: a count (an int), or a fraction of the usable items (a float in
+(0, 1], rounded down). When the rule selects more, the kept items are those first in the order of
+SHA-256(``"<seed>:<item id>"``): a seeded sub-sample that is the same on every machine and library version and
+that, for a larger budget, keeps every item a smaller one kept.
 
 Rule (any number of teachers): an item is a *conflict* when its teachers' answers do not all carry the same
 parsed label. With ``unparsed="conflict"`` (default) an unparsed or failed answer counts as disagreeing with
@@ -16,14 +28,26 @@ A conflict item on which no teacher matches gold has no ``chosen`` answer; it is
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 
-from mmkd.schema import CONFLICT_SCHEMA, PAIR_SCHEMA, SFT_ROW_SCHEMA, SchemaError, frame, read_gold
+from mmkd.schema import (
+    ANSWER_SCHEMA,
+    CONFLICT_SCHEMA,
+    LABELS,
+    PAIR_SCHEMA,
+    SFT_ROW_SCHEMA,
+    SchemaError,
+    frame,
+    read_gold,
+)
 
 UNPARSED_POLICIES = ("conflict", "ignore")  # split.unparsed
+SELECTION_RULES = ("conflict", "no_majority", "random", "all")  # split.select.rule
 STAGE1_TARGETS = ("all", "agreed", "majority")  # stage1.targets (stage1_rows)
 
 
@@ -68,24 +92,115 @@ def find_conflicts(wide: pl.DataFrame, teachers: list[str], unparsed: str = "con
     return wide.with_columns(usable=usable, conflict=conflict & usable)
 
 
+def majority_label(teachers: list[str], unparsed: str = "conflict") -> pl.Expr:
+    """On a wide table: the label more than half of the voters gave, else null (a tie, or too few parsed labels).
+
+    The voters are all the teachers (an unparsed, failed or skipped answer is a vote for neither label) with
+    ``unparsed="conflict"``, and only the parsed labels with ``"ignore"``."""
+    votes = {
+        label: pl.sum_horizontal([(pl.col(f"{t}__label") == label).fill_null(False).cast(pl.Int32) for t in teachers])
+        for label in LABELS
+    }
+    voters = pl.lit(len(teachers)) if unparsed == "conflict" else pl.sum_horizontal(list(votes.values()))
+    out = pl.lit(None, dtype=pl.String)
+    for label, n in votes.items():
+        out = pl.when(n * 2 > voters).then(pl.lit(label)).otherwise(out)
+    return out
+
+
+def majority_vote(answers: dict[str, pl.DataFrame], unparsed: str = "conflict") -> pl.DataFrame:
+    """The teachers' vote as an answers table (the ``majority_vote`` baseline: no student). An item with a strict
+    majority (``majority_label``) gets that label; any other item abstains: status ``abstain``, no label, which
+    scores as wrong (the honest default; the metrics report the coverage)."""
+    teachers = sorted(answers)
+    wide = answers_wide(answers).with_columns(label=majority_label(teachers, unparsed))
+    rows = wide.select(
+        "id",
+        pl.lit("majority_vote").alias("source"),
+        "label",
+        pl.when(pl.col("label").is_null()).then(pl.lit("abstain")).otherwise(pl.lit("ok")).alias("status"),
+        pl.when(pl.col("label").is_null())
+        .then(pl.lit(f"no strict majority among {len(teachers)} teachers"))
+        .alias("error"),
+    )
+    return frame(rows.to_dicts(), ANSWER_SCHEMA)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which training items get a gold label (``split.select``); see the module docstring."""
+
+    rule: str = "conflict"
+    budget: int | float | None = None  # gold labels at most: a count, or a fraction of the usable items
+    seed: int = 0  # orders the sub-sample when the rule selects more than the budget
+
+    def __post_init__(self):
+        if self.rule not in SELECTION_RULES:
+            raise ValueError(f"split.select.rule must be one of {SELECTION_RULES}, got {self.rule!r}")
+        budget = self.budget
+        if isinstance(budget, bool) or not (budget is None or isinstance(budget, int | float)):
+            raise ValueError(f"split.select.budget must be a count, a fraction or null, got {budget!r}")
+        if isinstance(budget, int) and budget < 0:
+            raise ValueError(f"split.select.budget must be >= 0 items, got {budget}")
+        if isinstance(budget, float) and not 0.0 < budget <= 1.0:
+            raise ValueError(f"split.select.budget as a fraction must be in (0, 1], got {budget}")
+        if self.rule == "random" and budget is None:
+            raise ValueError("split.select.rule random needs a budget (a count or a fraction of the train items)")
+
+    def cap(self, n_usable: int) -> int | None:
+        """The most gold labels this selection may read from ``n_usable`` items (None: no cap)."""
+        if self.budget is None:
+            return None
+        return self.budget if isinstance(self.budget, int) else int(self.budget * n_usable)
+
+
+def sample_order(ids: list[str], seed: int) -> list[str]:
+    """``ids`` in the seeded order the budget keeps them in (the same on every machine)."""
+    return sorted(ids, key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest())
+
+
+def select_items(wide: pl.DataFrame, teachers: list[str], selection: Selection, unparsed: str) -> pl.DataFrame:
+    """Add ``candidate`` (chosen by the rule) and ``selected`` (within the budget) columns to the table that
+    ``find_conflicts`` returns."""
+    if selection.rule == "conflict":
+        candidate = pl.col("conflict")
+    elif selection.rule == "no_majority":
+        candidate = pl.col("usable") & majority_label(teachers, unparsed).is_null()
+    else:  # random, all
+        candidate = pl.col("usable")
+    wide = wide.with_columns(candidate=candidate & pl.col("usable"))
+    cap = selection.cap(int(wide["usable"].sum()))
+    ids = wide.filter("candidate")["id"].to_list()
+    if cap is not None and len(ids) > cap:
+        ids = sample_order(ids, selection.seed)[:cap]
+    return wide.with_columns(selected=pl.col("id").is_in(pl.Series(ids, dtype=pl.String).implode()))
+
+
 def conflict_split(
-    answers: dict[str, pl.DataFrame], gold_file: str | Path, *, unparsed: str = "conflict"
+    answers: dict[str, pl.DataFrame],
+    gold_file: str | Path,
+    *,
+    unparsed: str = "conflict",
+    selection: Selection | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, dict]:
-    """Split the training items. Returns (conflicts, sft_rows, pairs, metrics); gold is read for conflicts only.
+    """Split the training items. Returns (selected, sft_rows, pairs, metrics); gold is read for the selected items
+    only (by default the conflict items).
 
     The three tables have the schemas ``CONFLICT_SCHEMA``, ``SFT_ROW_SCHEMA`` and ``PAIR_SCHEMA`` (mmkd.schema).
+    A selected item on which every teacher agrees with gold gives SFT rows and no pair.
     """
+    selection = selection or Selection()
     teachers = sorted(answers)
-    wide = find_conflicts(answers_wide(answers), teachers, unparsed)
-    conflict_ids = wide.filter("conflict")["id"]
+    wide = select_items(find_conflicts(answers_wide(answers), teachers, unparsed), teachers, selection, unparsed)
+    conflict_ids = wide.filter("selected")["id"]
     gold_all = read_gold(gold_file)
     gold = gold_all.filter(pl.col("id").is_in(conflict_ids.implode()))  # the only gold labels we use
     missing = set(conflict_ids) - set(gold["id"])
     if missing:
-        raise SchemaError(f"{gold_file}: no gold label for conflict item(s) {sorted(missing)[:5]}; label them")
+        raise SchemaError(f"{gold_file}: no gold label for selected item(s) {sorted(missing)[:5]}; label them")
     del gold_all
 
-    rows = wide.filter("conflict").join(gold, on="id", how="left", maintain_order="left")
+    rows = wide.filter("selected").join(gold, on="id", how="left", maintain_order="left")
     conflicts, sft, pairs = [], [], []
     for row in rows.iter_rows(named=True):
         agree = [t for t in teachers if row[f"{t}__label"] == row["gold_label"]]
@@ -104,13 +219,19 @@ def conflict_split(
         ]
     conflicts_df = frame(conflicts, CONFLICT_SCHEMA)
     sft_df, pairs_df = frame(sft, SFT_ROW_SCHEMA), frame(pairs, PAIR_SCHEMA)
-    return conflicts_df, sft_df, pairs_df, split_metrics(wide, teachers, conflicts_df, sft_df, pairs_df)
+    metrics = split_metrics(wide, teachers, conflicts_df, sft_df, pairs_df, selection)
+    return conflicts_df, sft_df, pairs_df, metrics
 
 
 def split_metrics(
-    wide: pl.DataFrame, teachers: list[str], conflicts: pl.DataFrame, sft: pl.DataFrame, pairs: pl.DataFrame
+    wide: pl.DataFrame,
+    teachers: list[str],
+    selected: pl.DataFrame,
+    sft: pl.DataFrame,
+    pairs: pl.DataFrame,
+    selection: Selection,
 ) -> dict:
-    """Counts and rates for ``metrics/split.json``."""
+    """Counts and rates for ``metrics/split.json``: every gold label read is counted (``gold_labels_read``)."""
     n = len(wide)
     rate = (lambda k: round(k / n, 6)) if n else (lambda k: 0.0)
     per_teacher = {
@@ -122,14 +243,21 @@ def split_metrics(
         both = wide.filter(pl.col(f"{a}__label").is_not_null() & pl.col(f"{b}__label").is_not_null())
         same = int((both[f"{a}__label"] == both[f"{b}__label"]).sum())
         agreement[f"{a}|{b}"] = {"rate": round(same / len(both), 6) if len(both) else None, "n_both_parsed": len(both)}
+    n_conflicts = int(wide["conflict"].sum())
     return {
         "n_items": n,
         "n_usable": int(wide["usable"].sum()),
-        "conflict_count": len(conflicts),
-        "conflict_rate": rate(len(conflicts)),
-        "gold_labels_read": len(conflicts),
-        "labelled_fraction": rate(len(conflicts)),
-        "conflicts_without_chosen": int((conflicts["n_agree"] == 0).sum()) if len(conflicts) else 0,
+        "conflict_count": n_conflicts,
+        "conflict_rate": rate(n_conflicts),
+        "selection": {
+            "rule": selection.rule,
+            "budget": selection.budget,
+            "seed": selection.seed,
+            "candidates": int(wide["candidate"].sum()),
+        },
+        "gold_labels_read": len(selected),
+        "labelled_fraction": rate(len(selected)),
+        "selected_without_chosen": int((selected["n_agree"] == 0).sum()) if len(selected) else 0,
         "stage2_sft_rows": len(sft),
         "stage2_dpo_pairs": len(pairs),
         "unparsed_rate": {t: v["unparsed"] for t, v in per_teacher.items()},

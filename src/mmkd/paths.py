@@ -6,20 +6,36 @@ from __future__ import annotations
 from pathlib import Path
 
 ANSWERS = Path("data/answers")  # label@<teacher>: <teacher>/<split>.parquet
-SPLIT = Path("data/split")  # split: the conflict set and the Stage-2 data
+SPLIT = Path("data/split")  # split: the selected (by default conflict) items, their gold labels, the Stage-2 data
 CONFLICTS = SPLIT / "conflicts.parquet"
 STAGE2_SFT = SPLIT / "sft.parquet"
 STAGE2_PAIRS = SPLIT / "pairs.parquet"
+BASELINE_SPLITS = Path("data/baselines")  # split: <baseline>/ holds the same three tables for a Stage-2 baseline
 MODELS = Path("models")  # bootstrap@<group>: <group>/<model>
 STAGE1_ADAPTER = MODELS / "stage1"
 STAGE2_ADAPTER = MODELS / "stage2"
+BASELINE_MODELS = MODELS / "baselines"  # baseline@<name>: <name>/
+STAGE2_BASELINES = ("random_budget",)  # Stage 2 on another selection of gold labels (see mmkd.conflict)
 PREDICTIONS = Path("data/predictions")  # evaluate: <model>.parquet, teachers/<teacher>.parquet
 METRICS = Path("metrics")
 CONFUSION = METRICS / "confusion"  # evaluate: <model>.csv, teachers/<teacher>.csv
-DVCLIVE = Path("dvclive")  # training logs: bootstrap/<group>/<model>, stage1, stage2/{sft,dpo}
+DVCLIVE = Path("dvclive")  # training logs: bootstrap/<group>/<model>, stage1, stage2/{sft,dpo}, baselines/<name>
 RUN_LOGS = Path("logs")  # per-run accounting that differs between runs (git-ignored, not a DVC output)
 
 LABELLED_SPLITS = ("train", "test")  # the splits every teacher labels (test answers score the teacher itself)
+
+
+def split_tables(baseline: str | None = None) -> tuple[Path, Path, Path]:
+    """The selected items, Stage-2 SFT rows and DPO pairs: of the method, or of a Stage-2 baseline."""
+    folder = SPLIT if baseline is None else BASELINE_SPLITS / baseline
+    return folder / CONFLICTS.name, folder / STAGE2_SFT.name, folder / STAGE2_PAIRS.name
+
+
+def stage2_dirs(baseline: str | None = None) -> tuple[Path, Path]:
+    """Where Stage 2 (or a Stage-2 baseline) writes its adapter and its training logs."""
+    if baseline is None:
+        return STAGE2_ADAPTER, DVCLIVE / "stage2"
+    return BASELINE_MODELS / baseline, DVCLIVE / "baselines" / baseline
 
 
 def answers_file(teacher: str, split: str) -> Path:

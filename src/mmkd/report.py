@@ -22,9 +22,13 @@ CURVES = {  # title -> dvclive directory (relative to the repo root)
 }
 
 
+TABLE_KEYS = ("accuracy", "accuracy_ci95", *METRIC_KEYS[1:])
+
+
 def metrics_rows(evaluate: dict) -> list[tuple[str, dict]]:
-    """(name, metrics) in reading order: teachers, then zero-shot, Stage 1, Stage 2."""
+    """(name, metrics) in reading order: teachers, baselines, then zero-shot, Stage 1, Stage 2."""
     rows = [(f"teacher: {name}", m) for name, m in sorted(evaluate.get("teachers", {}).items())]
+    rows += [(f"baseline: {name}", m) for name, m in sorted(evaluate.get("baselines", {}).items())]
     rows += [(name, evaluate[name]) for name in ("zero_shot", "stage1", "stage2") if name in evaluate]
     return rows
 
@@ -32,19 +36,41 @@ def metrics_rows(evaluate: dict) -> list[tuple[str, dict]]:
 def _fmt(value) -> str:
     if value is None:
         return "-"
+    if isinstance(value, list):  # an interval
+        return "–".join(f"{100 * v:.1f}" for v in value)
     return f"{100 * value:.1f}" if isinstance(value, float) else str(value)
 
 
+def comparison_rows(evaluate: dict) -> list[tuple[str, str, str, str, str]]:
+    """(comparison, accuracy difference, its 95 % interval, McNemar p, discordant counts), all formatted."""
+    rows = []
+    for name, c in evaluate.get("significance", {}).items():
+        diff = f"{100 * c['accuracy_diff']:+.1f}"
+        interval = "–".join(f"{100 * v:+.1f}" for v in c["diff_ci95"])
+        rows.append(
+            (name, diff, interval, f"{c['mcnemar_p']:.3g}", f"{c['only_system_right']} / {c['only_other_right']}")
+        )
+    return rows
+
+
 def markdown_table(evaluate: dict, split: dict | None = None) -> str:
-    """The metrics table (accuracies in %) as Markdown, with the labelling cost under it."""
-    head = "| model | " + " | ".join(METRIC_KEYS) + " |\n|---|" + "---:|" * len(METRIC_KEYS) + "\n"
+    """The metrics table (accuracies in %, with the Wilson 95 % interval) as Markdown, then Stage 2 against the
+    others (paired), then the labelling cost."""
+    head = "| model | " + " | ".join(TABLE_KEYS) + " |\n|---|" + "---:|" * len(TABLE_KEYS) + "\n"
     body = "".join(
-        f"| {n} | " + " | ".join(_fmt(m.get(k)) for k in METRIC_KEYS) + " |\n" for n, m in metrics_rows(evaluate)
+        f"| {n} | " + " | ".join(_fmt(m.get(k)) for k in TABLE_KEYS) + " |\n" for n, m in metrics_rows(evaluate)
     )
+    if rows := comparison_rows(evaluate):
+        body += (
+            "\n| comparison | accuracy difference | paired bootstrap 95 % CI | McNemar exact p | only Stage 2 right / "
+            "only the other right |\n|---|---:|---:|---:|---:|\n"
+        )
+        body += "".join("| " + " | ".join(r) + " |\n" for r in rows)
     if split:
+        rule = split.get("selection", {}).get("rule", "conflict")
         body += (
             f"\nGold labels used: {split['gold_labels_read']} of {split['n_items']} training items "
-            f"({_fmt(split['labelled_fraction'])}%, the conflict set).\n"
+            f"({_fmt(split['labelled_fraction'])}%, selection rule {rule}).\n"
         )
     return head + body
 
@@ -93,10 +119,18 @@ def html_report(root: str | Path = ".") -> str:
         "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}</style></head><body>",
         "<h1>mmkd report</h1><h2>Test metrics</h2><table><tr><th>model</th>",
     ]
-    parts.append("".join(f"<th>{k}</th>" for k in METRIC_KEYS) + "</tr>")
+    parts.append("".join(f"<th>{k}</th>" for k in TABLE_KEYS) + "</tr>")
     for name, m in metrics_rows(evaluate):
-        parts.append(f"<tr><th>{html.escape(name)}</th>" + "".join(f"<td>{_fmt(m.get(k))}</td>" for k in METRIC_KEYS))
-    parts.append("</table><p>Accuracies and macro-F1 in %.</p>")
+        parts.append(f"<tr><th>{html.escape(name)}</th>" + "".join(f"<td>{_fmt(m.get(k))}</td>" for k in TABLE_KEYS))
+    parts.append("</table><p>Accuracies and macro-F1 in %; accuracy_ci95 is the Wilson 95 % interval.</p>")
+    if rows := comparison_rows(evaluate):
+        parts.append(
+            "<h2>Stage 2 against the others (same test items)</h2><table><tr><th>comparison</th><th>accuracy "
+            "difference</th><th>paired bootstrap 95 % CI</th><th>McNemar exact p</th><th>only Stage 2 right / only "
+            "the other right</th></tr>"
+        )
+        parts += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows]
+        parts.append("</table>")
     if split:
         parts.append(f"<p>Gold labels used: {split['gold_labels_read']} of {split['n_items']} training items.</p>")
     parts.append("<h2>Training loss</h2>")

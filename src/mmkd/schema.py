@@ -28,13 +28,14 @@ ITEM_SCHEMA: dict[str, pl.DataType] = {
 GOLD_SCHEMA: dict[str, pl.DataType] = {"id": pl.String(), "gold_label": pl.String()}
 
 # Status of one answer. ``ok``: parsed; ``unparsed``: the text did not follow the answer format (kept, never
-# guessed); ``error``: the backend failed on this item; ``skipped``: the item itself is bad (missing image, ...).
-STATUSES: tuple[str, ...] = ("ok", "unparsed", "error", "skipped")
+# guessed); ``error``: the backend failed on this item; ``skipped``: the item itself is bad (missing image, ...);
+# ``abstain``: a combination of models gives no label (the majority-vote baseline on a tie).
+STATUSES: tuple[str, ...] = ("ok", "unparsed", "error", "skipped", "abstain")
 
 # One answer of one model (a teacher, or a student variant at evaluation) to one item.
 ANSWER_SCHEMA: dict[str, pl.DataType] = {
     "id": pl.String(),
-    "source": pl.String(),  # teacher name, or zero_shot / stage1 / stage2
+    "source": pl.String(),  # teacher name, or zero_shot / stage1 / stage2 / a baseline
     "label": pl.String(),  # one of LABELS, null unless status == "ok"
     "rationale": pl.String(),
     "raw_text": pl.String(),

@@ -1,13 +1,19 @@
-"""Scoring answers against gold labels with mmkd's own ``evaluate`` metric module, loaded by local path."""
+"""Scoring answers against gold labels with mmkd's own ``evaluate`` metric module, loaded by local path, with a
+95 % confidence interval for each accuracy and paired comparisons (``mmkd.evaluation.significance``)."""
 
 from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
+from mmkd.evaluation.significance import mcnemar_exact, paired_bootstrap, wilson_interval
+
 METRIC_KEYS = ("accuracy", "accuracy_falsified", "accuracy_pristine", "macro_f1", "unparsed_rate", "n")
+SYSTEM_KEYS = (*METRIC_KEYS, "accuracy_ci95", "coverage")  # what ``score`` reports for each system
+BOOTSTRAP_SAMPLES = 2000  # resamples of the test items for a paired accuracy difference
 MODULE_DIR = Path(__file__).parent / "modules" / "ooc_accuracy"
 
 
@@ -25,14 +31,49 @@ def predicted(answers: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def score(answers: pl.DataFrame, gold: pl.DataFrame) -> dict:
-    """The metrics of one model's answers on the items in ``gold`` (every gold item must have an answer)."""
-    joined = gold.join(predicted(answers), on="id", how="left")
+def _joined(answers: pl.DataFrame, gold: pl.DataFrame) -> pl.DataFrame:
+    """gold's items, in gold's order, with each one's prediction (every gold item must have an answer)."""
+    joined = gold.join(predicted(answers), on="id", how="left", maintain_order="left")
     missing = joined.filter(pl.col("prediction").is_null())["id"].to_list()
     if missing:
         raise ValueError(f"no answer for {len(missing)} test item(s), e.g. {missing[:3]}; re-run the labelling")
+    return joined
+
+
+def correct(answers: pl.DataFrame, gold: pl.DataFrame) -> np.ndarray:
+    """Per gold item, in gold's order: whether the answer's label equals gold (no label counts as wrong)."""
+    joined = _joined(answers, gold)
+    return (joined["prediction"] == joined["gold_label"]).to_numpy()
+
+
+def score(answers: pl.DataFrame, gold: pl.DataFrame) -> dict:
+    """The metrics of one model's answers on the items in ``gold``: the ``ooc_accuracy`` module's, the Wilson 95 %
+    interval of the accuracy (``accuracy_ci95``) and the coverage (the fraction of items given a label)."""
+    joined = _joined(answers, gold)
     result = _metric().compute(predictions=joined["prediction"].to_list(), references=joined["gold_label"].to_list())
-    return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in result.items() if k in METRIC_KEYS}
+    metrics = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in result.items() if k in METRIC_KEYS}
+    hits, n = int((joined["prediction"] == joined["gold_label"]).sum()), len(joined)
+    interval = wilson_interval(hits, n)
+    metrics["accuracy_ci95"] = [round(x, 6) for x in interval] if interval else None
+    metrics["coverage"] = round(1 - result["unparsed_rate"], 6) if n else None
+    return metrics
+
+
+def compare(
+    system: pl.DataFrame, other: pl.DataFrame, gold: pl.DataFrame, *, seed: int = 0, samples: int = BOOTSTRAP_SAMPLES
+) -> dict:
+    """``system`` against ``other`` on the same items: the accuracy difference with its paired bootstrap 95 %
+    interval, and McNemar's exact p-value with the discordant counts."""
+    a, b = correct(system, gold), correct(other, gold)
+    diff, low, high = paired_bootstrap(a, b, samples=samples, seed=seed)
+    p, only_system, only_other = mcnemar_exact(a, b)
+    return {
+        "accuracy_diff": round(diff, 6),
+        "diff_ci95": [round(low, 6), round(high, 6)],
+        "mcnemar_p": round(p, 6),
+        "only_system_right": only_system,
+        "only_other_right": only_other,
+    }
 
 
 def confusion_rows(answers: pl.DataFrame, gold: pl.DataFrame) -> pl.DataFrame:

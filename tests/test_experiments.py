@@ -1,0 +1,111 @@
+"""Summaries over experiments (``mmkd summarize``) and the label-efficiency curve (``mmkd label-curve``), from
+records in the format of ``dvc exp show --json`` (DVC 3.x)."""
+
+import json
+import math
+
+import pytest
+
+from mmkd.cli import main
+from mmkd.experiments import curve_svg, label_efficiency, runs_from_show, summarize
+
+
+def evaluate(stage2: float, teachers=(0.70, 0.78), majority=0.72, full=None) -> dict:
+    out = {
+        "stage1": {"accuracy": stage2 - 0.01},
+        "stage2": {"accuracy": stage2},
+        "teachers": {f"t{i}": {"accuracy": a} for i, a in enumerate(teachers)},
+        "baselines": {"majority_vote": {"accuracy": majority}},
+        "significance": {"stage2_vs_stage1": {"accuracy_diff": 0.01}},
+    }
+    if full is not None:
+        out["baselines"]["full_supervision"] = {"accuracy": full}
+    return out
+
+
+def rev(name, params, metrics: dict | None, read=None, n=600):
+    files = {"metrics/evaluate.json": {"data": metrics} if metrics else {"error": {"type": "FileNotFoundError"}}}
+    if read is not None:
+        files["metrics/split.json"] = {"data": {"gold_labels_read": read, "labelled_fraction": read / n}}
+    return {"rev": name, "name": name, "data": {"params": {"params.yaml": {"data": params}}, "metrics": files}}
+
+
+def show(*experiments, workspace=None, commit=None) -> list[dict]:
+    """``dvc exp show --json``: the workspace, then the commit with its experiments."""
+    head = commit or rev("main", {"seed": 0, "split": {"select": {"rule": "conflict", "budget": None}}}, None)
+    return [
+        workspace or rev("workspace", {"seed": 99}, evaluate(0.99)),
+        head | {"experiments": [{"revs": [e], "name": e["name"]} for e in experiments]},
+    ]
+
+
+def params(seed, rule="conflict", budget=None):
+    return {"seed": seed, "split": {"select": {"rule": rule, "budget": budget, "seed": 0}}}
+
+
+def test_summary_is_mean_and_sd_per_system_over_the_runs():
+    records = show(
+        rev("s0", params(0), evaluate(0.80), read=90),
+        rev("s1", params(1), evaluate(0.84), read=90),
+        rev("s2", params(2), evaluate(0.82), read=90),
+        rev("queued", params(3), None),  # no metrics yet: left out
+        rev("same-as-s0", params(0), evaluate(0.80), read=90),  # identical params: the same run, counted once
+    )
+    rows = {r["system"]: r for r in summarize(runs_from_show(records))}
+    assert rows["stage2"]["accuracy_mean"] == pytest.approx(0.82) and rows["stage2"]["runs"] == 3
+    assert rows["stage2"]["accuracy_sd"] == pytest.approx(0.02)  # sample sd of 0.80, 0.84, 0.82
+    assert rows["best_teacher"]["accuracy_mean"] == pytest.approx(0.78)
+    assert rows["baselines/majority_vote"]["accuracy_sd"] == pytest.approx(0.0)
+    assert rows["gold labels read"]["labelled_fraction"] == pytest.approx(0.15)
+    assert "workspace" not in {r.name for r in runs_from_show(records)}  # it repeats the last experiment
+    only = summarize(runs_from_show(records, ["s1"]))
+    assert {r["system"]: r for r in only}["stage2"]["accuracy_sd"] is None  # one run: no sd
+
+
+def test_the_label_efficiency_curve_averages_seeds_per_rule_and_budget():
+    records = show(
+        rev("c-s0", params(0, "conflict"), evaluate(0.80, full=0.9), read=90),
+        rev("c-s1", params(1, "conflict"), evaluate(0.82, full=0.9), read=90),
+        rev("r30-s0", params(0, "random", 30), evaluate(0.74, full=0.9), read=30),
+        rev("r90-s0", params(0, "random", 90), evaluate(0.77, full=0.9), read=90),
+        rev("a-s0", params(0, "all"), evaluate(0.88, full=0.9), read=600),
+    )
+    points, references = label_efficiency(runs_from_show(records))
+    got = {(p["rule"], p["gold_labels_read"]): (round(p["accuracy"], 6), p["runs"]) for p in points}
+    assert got == {
+        ("all", 600): (0.88, 1),
+        ("conflict", 90): (0.81, 2),
+        ("random", 30): (0.74, 1),
+        ("random", 90): (0.77, 1),
+    }
+    assert references == pytest.approx(
+        {"best_teacher": 0.78, "baselines/majority_vote": 0.72, "baselines/full_supervision": 0.9}
+    )
+    svg = curve_svg(points, references)
+    assert svg.startswith("<svg") and svg.count("<polyline") == 3 and svg.count("stroke-dasharray") == 3
+    assert "rule: conflict" in svg and "best_teacher 78.0%" in svg
+
+
+def test_the_commands_write_the_table_the_csv_and_the_figure(tmp_path, capsys):
+    records = show(
+        rev("c-s0", params(0), evaluate(0.80), read=90),
+        rev("r-s0", params(0, "random", 90), evaluate(0.76), read=90),
+    )
+    (tmp_path / "show.json").write_text(json.dumps(records))
+    assert main(["summarize", "--show-json", str(tmp_path / "show.json")]) == 0
+    table = capsys.readouterr().out
+    assert "| stage2 | 78.0 ± 2.8 | 2 |" in table  # mean of 80 and 76, sd 2.83
+    csv, svg = tmp_path / "curve.csv", tmp_path / "curve.svg"
+    args = ["label-curve", "--show-json", str(tmp_path / "show.json"), "--csv", str(csv), "--svg", str(svg)]
+    assert main(args) == 0
+    lines = csv.read_text().splitlines()
+    assert lines[0] == "rule,gold_labels_read,labelled_fraction,accuracy,accuracy_sd,runs"
+    assert lines[1:] == ["conflict,90,0.15,0.8,,1", "random,90,0.15,0.76,,1"]
+    assert svg.read_text().count("<circle") == 2
+    assert not math.isnan(json.loads(capsys.readouterr().out)["references"]["best_teacher"])
+
+
+def test_no_runs_is_a_clear_error(tmp_path):
+    (tmp_path / "show.json").write_text(json.dumps(show(rev("queued", params(0), None))))
+    with pytest.raises(SystemExit, match="no experiment with metrics/evaluate.json"):
+        main(["summarize", "--show-json", str(tmp_path / "show.json")])
