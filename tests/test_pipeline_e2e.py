@@ -52,7 +52,7 @@ CACHED_OUTS = (
     "data/baselines",
     "dvclive/baselines/random_budget",
 )
-OUT_PARENTS = ("data/answers", "models")
+OUT_PARENTS = ("data/answers", "models", "models/baselines")  # each folder in them is an output, or a parent
 RUNNING = re.compile(r"Running stage '([^']+)'")
 DEMO_MODELS = (*TEACHERS, "student_base")
 LIVE_TOP = {"metrics.json", "params.yaml", "plots"}  # a dvclive folder: summary, params, one TSV per logged value
@@ -255,7 +255,9 @@ def test_one_teacher_setting_invalidates_that_teacher_only(reproduced: Pipeline)
 
 def cached_outputs(repo: Path) -> list[Path]:
     """The output folders DVC caches (pushes, pulls)."""
-    return [repo / out for out in CACHED_OUTS] + [d for p in OUT_PARENTS for d in (repo / p).glob("*/") if d.is_dir()]
+    parents = {repo / p for p in OUT_PARENTS}
+    found = [d for p in OUT_PARENTS for d in (repo / p).glob("*/") if d.is_dir() and d not in parents]
+    return [repo / out for out in CACHED_OUTS] + found
 
 
 def cached_files(repo: Path) -> dict[str, str]:
@@ -276,7 +278,7 @@ def test_push_then_pull_restores_every_file(reproduced: Pipeline, tmp_path):
         before = cached_files(repo)
         assert any(name.startswith("models/stage2/") for name in before), sorted(before)
         assert {f"models/demo/{m}/model.safetensors" for m in (*TEACHERS, "student_base")} <= set(before)
-        models = ("demo", "stage1", "stage2", "baselines")  # models/demo: the teachers and the student base
+        models = ("demo", "stage1", "stage2", "baselines/random_budget")  # demo: the teachers, the student base
         expected = {*CACHED_OUTS, *(f"data/answers/{t}" for t in TEACHERS), *(f"models/{m}" for m in models)}
         assert {str(out.relative_to(repo)) for out in cached_outputs(repo)} == expected
         for path in [repo / ".dvc/cache", *cached_outputs(repo)]:

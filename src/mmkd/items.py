@@ -75,15 +75,28 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+# The most pixels ``load_image`` decodes (about 1.2 GB as RGB). Items from ``prepare`` passed its own, configured
+# ``max_image_pixels`` (40 M by default), so Pillow's global bomb limit (89 M warns, 179 M refuses) must not refuse
+# them again with its own number; but ``mmkd predict`` and hand-made item files take any file, so a header that
+# claims more than this is refused before a byte of it is decoded.
+LOAD_MAX_PIXELS = 400_000_000
+
+
 def load_image(item_id: str, path: str | Path) -> Image.Image:
     """Open an item's image as RGB (``to_rgb``), or raise ``BadItem`` naming the item, the file and what to do.
 
-    Pillow's pixel limit is lifted: every item image passed ``prepare``'s own, configured limit."""
+    The size in the header is checked against ``LOAD_MAX_PIXELS`` before decoding, in place of Pillow's limit."""
     path = Path(path)
     if not path.is_file():
         raise BadItem(f"item {item_id!r}: image file {path} does not exist; fix image_path or remove the item")
     try:
         with pillow_pixel_limit_lifted(), Image.open(path) as img:
+            width, height = img.size
+            if width * height > LOAD_MAX_PIXELS:
+                raise BadItem(
+                    f"item {item_id!r}: image file {path} is {width}x{height} pixels, more than the "
+                    f"{LOAD_MAX_PIXELS} an item image may have (mmkd.items.LOAD_MAX_PIXELS); shrink it"
+                )
             img.load()
             return to_rgb(img)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:

@@ -30,7 +30,7 @@ from PIL import Image
 from mmkd.cli import compose
 from mmkd.data import PrepareInputError
 from mmkd.data.newsclippings import REPORT_FILE, NewsClippingsSettings, prepare_newsclippings
-from mmkd.items import load_image
+from mmkd.items import BadItem, load_image
 from mmkd.schema import FALSIFIED, PRISTINE, read_gold, read_items
 
 BASE_ROWS = {row[:4] for row in EXPECTED_REPORT}
@@ -481,6 +481,22 @@ def test_the_configured_pixel_limit_decides_not_pillows(raw_data, tmp_path, monk
     run(raw_data.raw, out, max_image_pixels=2000)
     assert ("train", "train-000009", "oversized_image", True) not in [(*r[:4],) for r in new_rows(out)]
     assert "train-000009" in items_of(out)
+
+
+def test_load_image_refuses_a_header_too_large_to_decode_without_decoding_it(tmp_path, monkeypatch):
+    """``mmkd predict`` and hand-made item files take any file: with Pillow's limit lifted, ours stands in."""
+    import mmkd.items
+
+    path = tmp_path / "big.png"
+    Image.new("L", (200, 100)).save(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: data.index(b"IDAT") + 6])  # the header, and two bytes of pixels: a decode would fail
+    monkeypatch.setattr(mmkd.items, "LOAD_MAX_PIXELS", 19_999)
+    with pytest.raises(BadItem, match=r"item 'x': image file .*big.png is 200x100 pixels, more than the 19999"):
+        load_image("x", path)
+    monkeypatch.setattr(mmkd.items, "LOAD_MAX_PIXELS", 20_000)  # within the limit: decoded, and truncated
+    with pytest.raises(BadItem, match="not a readable image"):
+        load_image("x", path)
 
 
 # --- 7. No limits on text -------------------------------------------------------------------------------------------
