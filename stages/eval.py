@@ -40,8 +40,8 @@ def main() -> None:
     predictions = {name: student_answers(name, adapter) for name, adapter in variants.items()}
     teachers = {t: read_answers(paths.answers_file(t, "test")) for t in params["teacher_names"]}
     baselines = {"majority_vote": majority_vote(teachers)}
-    for name in paths.STAGE2_BASELINES:
-        baselines[name] = student_answers(name, str(paths.stage2_dirs(name)[0]))
+    for name in (*paths.STAGE2_BASELINES, *params["baselines"]["supervised"]):
+        baselines[name] = student_answers(name, str(paths.baseline_dirs(name)[0]))
 
     out, plots = paths.PREDICTIONS, paths.CONFUSION
     for d in (out / "teachers", plots / "teachers", out / "baselines", plots / "baselines"):

@@ -1,9 +1,13 @@
-"""Stage `stage1`: LoRA SFT of the student on the teachers' answers -> models/stage1 (adapter), dvclive/stage1."""
+"""Stage `stage1`: LoRA SFT of the student on the teachers' answers -> models/stage1 (adapter), dvclive/stage1.
+With ``--baseline NAME`` (stage `supervised@NAME`), the same recipe from the base model on a baseline's gold-label
+targets (data/baselines/NAME/sft.parquet) -> models/baselines/NAME, dvclive/baselines/NAME."""
+
+import argparse
 
 from mmkd import paths
 from mmkd.conflict import stage1_rows
 from mmkd.console import setup_logging
-from mmkd.schema import read_answers, read_items
+from mmkd.schema import read_answers, read_items, read_sft_rows
 from mmkd.stage_io import read_params, seed_everything
 from mmkd.training.config import Stage1Settings, from_params
 from mmkd.training.rows import with_prompts
@@ -11,14 +15,23 @@ from mmkd.training.trainers import run_stage1
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--baseline", choices=paths.SUPERVISED_BASELINES, help="train a supervised baseline instead")
+    args = parser.parse_args()
     setup_logging()
     params = read_params()
     student, settings = params["student"], from_params(Stage1Settings, params["stage1"], "stage1")
     seed_everything(params["seed"])
 
-    answers = {t: read_answers(paths.answers_file(t, "train")) for t in params["teacher_names"]}
     items = read_items(paths.items_file(params["data"]["dir"], "train"))
-    rows = with_prompts(stage1_rows(answers, policy=settings.targets), items, student["prompt_version"])
+    if args.baseline is None:
+        answers = {t: read_answers(paths.answers_file(t, "train")) for t in params["teacher_names"]}
+        targets = stage1_rows(answers, policy=settings.targets)
+        out_dir, live_dir = paths.STAGE1_ADAPTER, paths.DVCLIVE / "stage1"
+    else:
+        targets = read_sft_rows(paths.split_tables(args.baseline)[1])
+        out_dir, live_dir = paths.baseline_dirs(args.baseline)
+    rows = with_prompts(targets, items, student["prompt_version"])
 
     run_stage1(
         student["model"],
@@ -27,10 +40,11 @@ def main() -> None:
         settings=settings.train,
         speedups=settings.cpu_speedups,
         seed=params["seed"],
-        out_dir=paths.STAGE1_ADAPTER,
-        live_dir=paths.DVCLIVE / "stage1",
+        out_dir=out_dir,
+        live_dir=live_dir,
         dtype=student["dtype"],
         prompt_version=student["prompt_version"],
+        allow_empty=args.baseline is not None,  # e.g. gold_only when no item was selected
     )
 
 

@@ -185,6 +185,7 @@ def test_stage_outputs_are_the_paths_the_library_defines(stages, params):
         "stage1": {paths.STAGE1_ADAPTER, paths.DVCLIVE / "stage1"},
         "stage2": set(paths.stage2_dirs()),
         **{f"baseline@{b}": set(paths.stage2_dirs(b)) for b in paths.STAGE2_BASELINES},
+        **{f"supervised@{b}": set(paths.baseline_dirs(b)) for b in params["baselines"]["supervised"]},
         "evaluate": {paths.PREDICTIONS, paths.CONFUSION, paths.metrics_file("evaluate")},
         "bootstrap@demo": set(paths.bootstrap_dirs("demo")),
     }

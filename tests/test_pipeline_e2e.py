@@ -39,6 +39,7 @@ STAGES = (
     "stage1",
     "stage2",
     "baseline@random_budget",
+    "supervised@gold_only",
     "evaluate",
 )
 # Everything DVC caches, so pushes and pulls: these outputs, and every folder in OUT_PARENTS (one per teacher/model).
@@ -51,6 +52,7 @@ CACHED_OUTS = (
     "dvclive/stage2",
     "data/baselines",
     "dvclive/baselines/random_budget",
+    "dvclive/baselines/gold_only",
 )
 OUT_PARENTS = ("data/answers", "models", "models/baselines")  # each folder in them is an output, or a parent
 RUNNING = re.compile(r"Running stage '([^']+)'")
@@ -161,7 +163,7 @@ def test_first_repro_writes_metrics_and_outputs(pipeline: Pipeline):
     evaluation = read_json(repo / "metrics/evaluate.json")
     assert set(evaluation) == {"zero_shot", "stage1", "stage2", "teachers", "baselines", "significance"}
     assert set(evaluation["teachers"]) == set(TEACHERS)
-    assert set(evaluation["baselines"]) == {"majority_vote", "random_budget"}
+    assert set(evaluation["baselines"]) == {"majority_vote", "random_budget", "gold_only"}
     entries = {name: evaluation[name] for name in ("zero_shot", "stage1", "stage2")}
     entries |= {f"teachers.{t}": m for t, m in evaluation["teachers"].items()}
     entries |= {f"baselines.{b}": m for b, m in evaluation["baselines"].items()}
@@ -194,11 +196,12 @@ def test_first_repro_writes_metrics_and_outputs(pipeline: Pipeline):
     }
     assert predictions == {"zero_shot.parquet", "stage1.parquet", "stage2.parquet"} | {
         f"teachers/{t}.parquet" for t in TEACHERS
-    } | {"baselines/majority_vote.parquet", "baselines/random_budget.parquet"}, predictions
-    for stage in ("stage1", "stage2", "baselines/random_budget"):
+    } | {f"baselines/{b}.parquet" for b in ("majority_vote", "random_budget", "gold_only")}, predictions
+    for stage in ("stage1", "stage2", "baselines/random_budget", "baselines/gold_only"):
         assert files_in(repo / "models" / stage) == ADAPTER_FILES, stage
     # random_budget reads exactly as many gold labels as the method, on other items
     assert split["baselines"]["random_budget"]["gold_labels_read"] == split["gold_labels_read"], split
+    assert split["baselines"]["gold_only"]["gold_labels_read"] == split["gold_labels_read"], split
     assert {p.name for p in (repo / "models/demo").iterdir()} == set(DEMO_MODELS)
     for model in DEMO_MODELS:
         assert files_in(repo / "models/demo" / model) == DEMO_MODEL_FILES, model
@@ -246,7 +249,7 @@ def test_one_teacher_setting_invalidates_that_teacher_only(reproduced: Pipeline)
         dry = dvc(reproduced, "repro", "--dry")
         assert running_stages(dry) == LABEL_STAGES, describe(dry)
         downstream = dvc(reproduced, "repro", "--dry", "--force-downstream")
-        later = {"split", "stage1", "stage2", "baseline@random_budget", "evaluate"}
+        later = {"split", "stage1", "stage2", "baseline@random_budget", "supervised@gold_only", "evaluate"}
         assert running_stages(downstream) == LABEL_STAGES | later, describe(downstream)
     finally:
         git(reproduced, "checkout", "--", "params.yaml")
@@ -278,7 +281,7 @@ def test_push_then_pull_restores_every_file(reproduced: Pipeline, tmp_path):
         before = cached_files(repo)
         assert any(name.startswith("models/stage2/") for name in before), sorted(before)
         assert {f"models/demo/{m}/model.safetensors" for m in (*TEACHERS, "student_base")} <= set(before)
-        models = ("demo", "stage1", "stage2", "baselines/random_budget")  # demo: the teachers, the student base
+        models = ("demo", "stage1", "stage2", "baselines/random_budget", "baselines/gold_only")  # demo: teachers, base
         expected = {*CACHED_OUTS, *(f"data/answers/{t}" for t in TEACHERS), *(f"models/{m}" for m in models)}
         assert {str(out.relative_to(repo)) for out in cached_outputs(repo)} == expected
         for path in [repo / ".dvc/cache", *cached_outputs(repo)]:
@@ -293,7 +296,7 @@ def test_push_then_pull_restores_every_file(reproduced: Pipeline, tmp_path):
         git(reproduced, "checkout", "--", ".dvc/config")
 
 
-TRAINING_STAGES = {"bootstrap@demo", "stage1", "stage2", "baseline@random_budget"}
+TRAINING_STAGES = {"bootstrap@demo", "stage1", "stage2", "baseline@random_budget", "supervised@gold_only"}
 
 
 def tracked_and_output_files(repo: Path) -> dict[str, bytes]:
@@ -377,3 +380,13 @@ def test_exp_run_with_one_teacher(reproduced: Pipeline):
     # one teacher never disagrees with another, so Stage 2 has nothing to learn and passes Stage 1 through
     adapter = "adapter_model.safetensors"
     assert (repo / "models/stage2" / adapter).read_bytes() == (repo / "models/stage1" / adapter).read_bytes()
+
+
+def test_summarize_and_label_curve_read_the_real_experiments(reproduced: Pipeline):
+    """`mmkd summarize` and `mmkd label-curve` on what `dvc exp show --json` really returns for the runs above."""
+    cli = (sys.executable, "-m", "mmkd.cli")
+    table = run(reproduced.repo, reproduced.env, *cli, "summarize", "dpo-beta-0.2", "qwen-only").stdout
+    assert "| stage2 |" in table and "| baselines/random_budget |" in table and " | 2 |" in table, table
+    curve = run(reproduced.repo, reproduced.env, *cli, "label-curve", "--svg", "curve.svg", "--csv", "curve.csv")
+    assert json.loads(curve.stdout)["points"] >= 1, curve.stdout
+    assert (reproduced.repo / "curve.svg").read_text().startswith("<svg")

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import polars as pl
 
+from mmkd.parsing import format_answer
 from mmkd.schema import (
     ANSWER_SCHEMA,
     CONFLICT_SCHEMA,
@@ -221,6 +222,18 @@ def conflict_split(
     sft_df, pairs_df = frame(sft, SFT_ROW_SCHEMA), frame(pairs, PAIR_SCHEMA)
     metrics = split_metrics(wide, teachers, conflicts_df, sft_df, pairs_df, selection)
     return conflicts_df, sft_df, pairs_df, metrics
+
+
+def gold_sft_rows(selected: pl.DataFrame, sft: pl.DataFrame) -> pl.DataFrame:
+    """SFT targets for training on the selected items' gold labels alone, from the base model (the ``gold_only``
+    and ``full_supervision`` baselines): the answers of the teachers that match gold (the label is gold's, the
+    wording a teacher's, so the target keeps the answer format the student is scored on), and for an item no
+    teacher got right, the bare answer ``Label: <gold>. Rationale:`` (there is no wording to borrow)."""
+    bare = [
+        {"id": r["id"], "source": "gold", "completion": format_answer(r["gold_label"], "").strip()}
+        for r in selected.filter(pl.col("n_agree") == 0).iter_rows(named=True)
+    ]
+    return frame(sft.to_dicts() + bare, SFT_ROW_SCHEMA).sort("id", "source")
 
 
 def split_metrics(

@@ -16,6 +16,8 @@ STAGE1_ADAPTER = MODELS / "stage1"
 STAGE2_ADAPTER = MODELS / "stage2"
 BASELINE_MODELS = MODELS / "baselines"  # baseline@<name>: <name>/
 STAGE2_BASELINES = ("random_budget",)  # Stage 2 on another selection of gold labels (see mmkd.conflict)
+# Stage 1's recipe from the base model on gold labels only (no teacher answers): ``baselines.supervised`` picks them
+SUPERVISED_BASELINES = ("gold_only", "full_supervision")
 PREDICTIONS = Path("data/predictions")  # evaluate: <model>.parquet, teachers/<teacher>.parquet
 METRICS = Path("metrics")
 CONFUSION = METRICS / "confusion"  # evaluate: <model>.csv, teachers/<teacher>.csv
@@ -33,8 +35,11 @@ def split_tables(baseline: str | None = None) -> tuple[Path, Path, Path]:
 
 def stage2_dirs(baseline: str | None = None) -> tuple[Path, Path]:
     """Where Stage 2 (or a Stage-2 baseline) writes its adapter and its training logs."""
-    if baseline is None:
-        return STAGE2_ADAPTER, DVCLIVE / "stage2"
+    return (STAGE2_ADAPTER, DVCLIVE / "stage2") if baseline is None else baseline_dirs(baseline)
+
+
+def baseline_dirs(baseline: str) -> tuple[Path, Path]:
+    """Where a trained baseline writes its adapter and its training logs."""
     return BASELINE_MODELS / baseline, DVCLIVE / "baselines" / baseline
 
 

@@ -306,12 +306,28 @@ def run_stage1(
     callbacks: Sequence[TrainerCallback] = (),
     prompt_version: str | None = None,
     speedups: CpuSpeedups | None = None,
+    allow_empty: bool = False,
 ) -> None:
-    """Stage 1: LoRA SFT of the student base on the teachers' answers; saves the adapter to ``out_dir``."""
-    if rows.is_empty():
+    """Stage 1: LoRA SFT of the student base on the teachers' answers; saves the adapter to ``out_dir``.
+
+    With ``allow_empty`` (a baseline whose selection gave no target), no rows save an untrained LoRA (its B
+    matrices are zero, so it answers as the base does) instead of failing."""
+    if rows.is_empty() and not allow_empty:
         raise ValueError("Stage 1 has no training rows: no teacher answer parsed. Check data/answers/*/train.parquet")
     settings.check_hardware()  # before the (possibly 7B) model is loaded
     model, processor = load_model(base, dtype=dtype, max_image_pixels=settings.max_image_pixels)
+    if rows.is_empty():
+        log.warning("no training rows: saving an untrained adapter (the base model's answers) to %s", out_dir)
+        Path(live_dir).mkdir(parents=True, exist_ok=True)
+        _save_adapter(
+            get_peft_model(model, lora_config(lora)),
+            out_dir,
+            base=base,
+            parent=None,
+            max_image_pixels=settings.max_image_pixels,
+            prompt_version=prompt_version,
+        )
+        return
     model = train_sft(
         model,
         processor,
