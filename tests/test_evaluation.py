@@ -5,7 +5,7 @@ import importlib.util
 import polars as pl
 import pytest
 
-from mmkd.evaluation import METRIC_KEYS, MODULE_DIR, confusion_rows, score
+from mmkd.evaluation import MODULE_DIR, SYSTEM_KEYS, confusion_rows, score
 from mmkd.schema import LABELS, answers_frame
 
 
@@ -24,8 +24,11 @@ def test_hand_computed_metrics(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     preds = {"1": "pristine", "2": "pristine", "3": "falsified", "4": "falsified", "5": "unparsed", "6": "skipped"}
     m = score(_answers(preds), GOLD)
-    assert set(m) == set(METRIC_KEYS)
+    assert set(m) == set(SYSTEM_KEYS)
     assert m["n"] == 6
+    assert m["coverage"] == pytest.approx(4 / 6, abs=1e-6)
+    # Wilson, 3 of 6: centre 0.5, half-width 1.96 * sqrt(.25 / 6 + 1.96**2 / 144) / (1 + 1.96**2 / 6) = 0.31238
+    assert m["accuracy_ci95"] == pytest.approx([0.18762, 0.81238], abs=1e-5)
     assert m["accuracy"] == pytest.approx(3 / 6, abs=1e-6)
     assert m["accuracy_pristine"] == pytest.approx(2 / 3, abs=1e-6)
     assert m["accuracy_falsified"] == pytest.approx(1 / 3, abs=1e-6)
