@@ -221,12 +221,20 @@ def test_the_committed_params_are_the_composed_conf(params):
     assert params == compose([], ROOT / "conf"), "params.yaml is stale: run `mmkd compose` and commit it"
 
 
-def test_the_default_demo_labels_with_three_teachers_and_the_third_it_bootstraps(tmp_path):
-    """The default (`bootstrap=demo_three teachers=demo_three`): a third teacher is trained and labels, each kind of
-    negative is in the training data of two of the three teachers, the third starts from teacher_qwen's weights, and
-    its label stage depends on the bootstrap stage's output."""
+def test_the_default_demo_has_two_teachers_and_a_gold_budget():
+    """The default is the paper's setting: two teachers (every conflict is a 1-1 split, so Stage 2 has work to do),
+    and gold labels on at most 15 % of the train items."""
     params = compose([], ROOT / "conf")
-    assert params == compose(["bootstrap=demo_three", "teachers=demo_three"], ROOT / "conf")
+    assert params == compose(["bootstrap=demo", "teachers=demo", "stage1=demo"], ROOT / "conf")
+    assert params["teacher_names"] == ["teacher_qwen", "teacher_llava"]
+    assert params["split"]["select"] == {"rule": "conflict", "budget": 0.15, "seed": 0}
+
+
+def test_the_three_teacher_demo_labels_with_the_third_it_bootstraps(tmp_path):
+    """`bootstrap=demo_three teachers=demo_three`: a third teacher is trained and labels, each kind of negative is in
+    the training data of two of the three teachers, the third starts from teacher_qwen's weights, and its label
+    stage depends on the bootstrap stage's output."""
+    params = compose(["bootstrap=demo_three", "teachers=demo_three", "stage1=demo_three"], ROOT / "conf")
     models = params["bootstrap"]["demo"]["models"]
     teachers = {name: m for name, m in models.items() if m["task"] == "teacher"}
     assert (

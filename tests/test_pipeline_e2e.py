@@ -29,7 +29,7 @@ from mmkd.evaluation import SYSTEM_KEYS
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[1]
-CI_DEFAULTS = {"data": "demo_ci", "bootstrap": "demo_ci"}
+CI_DEFAULTS = {"data": "demo_ci", "bootstrap": "demo_ci", "teachers": "demo_three"}  # three: more to check
 TEACHERS = ("teacher_qwen", "teacher_llava", "teacher_third")
 STAGES = (
     "world@demo",
