@@ -48,7 +48,7 @@ def comparison_rows(evaluate: dict) -> list[tuple[str, str, str, str, str]]:
         diff = f"{100 * c['accuracy_diff']:+.1f}"
         interval = "–".join(f"{100 * v:+.1f}" for v in c["diff_ci95"])
         rows.append(
-            (name, diff, interval, f"{c['mcnemar_p']:.3g}", f"{c['only_system_right']} / {c['only_other_right']}")
+            (name, diff, interval, f"{c['mcnemar_p']:.2g}", f"{c['only_system_right']} / {c['only_other_right']}")
         )
     return rows
 

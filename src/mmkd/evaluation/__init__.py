@@ -70,7 +70,7 @@ def compare(
     return {
         "accuracy_diff": round(diff, 6),
         "diff_ci95": [round(low, 6), round(high, 6)],
-        "mcnemar_p": round(p, 6),
+        "mcnemar_p": float(f"{p:.4g}"),  # 4 significant digits: a p of 3e-9 must not read as 0
         "only_system_right": only_system,
         "only_other_right": only_other,
     }
