@@ -69,6 +69,8 @@ def test_the_label_efficiency_curve_averages_seeds_per_rule_and_budget():
         rev("r30-s0", params(0, "random", 30), evaluate(0.74, full=0.9), read=30),
         rev("r90-s0", params(0, "random", 90), evaluate(0.77, full=0.9), read=90),
         rev("a-s0", params(0, "all"), evaluate(0.88, full=0.9), read=600),
+        # same rule, budget and seed with more baselines: the same Stage 2, not a second point of the average
+        rev("c-s0-full", params(0, "conflict") | {"baselines": "full"}, evaluate(0.80, full=0.9), read=90),
     )
     points, references = label_efficiency(runs_from_show(records))
     got = {(p["rule"], p["gold_labels_read"]): (round(p["accuracy"], 6), p["runs"]) for p in points}

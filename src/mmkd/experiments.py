@@ -131,13 +131,22 @@ def summary_markdown(rows: list[dict]) -> str:
 
 
 def label_efficiency(runs: list[Run]) -> tuple[list[dict], dict[str, float]]:
-    """The curve's points (one per selection rule and budget, averaged over the runs that share them, e.g. seeds)
-    and its reference lines (mean over all runs of ``REFERENCES`` that the runs report)."""
+    """The curve's points (one per selection rule and budget, averaged over the seeds of the runs that share them;
+    runs with the same rule, budget and seed are one point) and its reference lines (mean over all runs of
+    ``REFERENCES`` that the runs report)."""
     groups: dict[tuple[str, object], list[Run]] = defaultdict(list)
+    seen = set()
     for run in runs:
         select = ((run.params.get("split") or {}).get("select")) or {"rule": "conflict", "budget": None}
-        if "stage2" in run.evaluate and "gold_labels_read" in run.split:
-            groups[select.get("rule", "conflict"), json.dumps(select.get("budget"))].append(run)
+        key = (select.get("rule", "conflict"), json.dumps(select.get("budget")))
+        if (
+            "stage2" not in run.evaluate
+            or "gold_labels_read" not in run.split
+            or (*key, run.params.get("seed")) in seen
+        ):
+            continue  # a run that only differs elsewhere (e.g. more baselines) has the same Stage 2: counted once
+        seen.add((*key, run.params.get("seed")))
+        groups[key].append(run)
     points = []
     for (rule, _), members in groups.items():
         mean, sd = mean_sd([r.evaluate["stage2"]["accuracy"] for r in members])
