@@ -110,7 +110,10 @@ def _push(args: argparse.Namespace) -> int:
 def _runs(args: argparse.Namespace):
     from mmkd.experiments import dvc_exp_show, runs_from_show
 
-    show = json.loads(Path(args.show_json).read_text()) if args.show_json else dvc_exp_show(args.repo)
+    if args.show_json:
+        show = json.loads(Path(args.show_json).read_text())
+    else:
+        show = dvc_exp_show(args.repo, all_commits=args.all_commits)
     runs = runs_from_show(show, args.names or None)
     if not runs:
         raise SystemExit("mmkd: no experiment with metrics/evaluate.json; run some (README: Seeds and sweeps)")
@@ -141,6 +144,9 @@ def _experiment_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("names", nargs="*", help="experiment names to include (default: every one with test metrics)")
     p.add_argument("--show-json", help="read `dvc exp show --json` output from this file instead of running it")
     p.add_argument("--repo", default=".", help="root of the DVC repository (default: .)")
+    p.add_argument(
+        "--all-commits", action="store_true", help="also the experiments of earlier commits (dvc exp show -A)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

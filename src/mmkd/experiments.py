@@ -61,9 +61,10 @@ def runs_from_show(show: list[dict], names: Iterable[str] | None = None) -> list
     return found
 
 
-def dvc_exp_show(repo: str | Path = ".") -> list[dict]:
-    """``dvc exp show --json`` of ``repo`` (all experiments of the current commit)."""
-    out = subprocess.run(["dvc", "exp", "show", "--json"], cwd=repo, capture_output=True, text=True, check=True)
+def dvc_exp_show(repo: str | Path = ".", *, all_commits: bool = False) -> list[dict]:
+    """``dvc exp show --json`` of ``repo``: the experiments of the current commit, or of every commit."""
+    cmd = ["dvc", "exp", "show", "--json", *(["--all-commits"] if all_commits else [])]
+    out = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, check=True)
     return json.loads(out.stdout)
 
 
