@@ -271,3 +271,14 @@ def test_a_server_that_refuses_the_key_is_taken_out_and_the_others_answer(caplog
     assert all(r.error is None for r in replies)
     assert 1 <= len(refusing.requests) <= 2 and len(healthy.requests) == 10
     assert any("refused the request (HTTP 401" in r.getMessage() for r in caplog.records)
+
+
+def test_a_server_that_only_times_out_is_not_taken_for_an_absent_one():
+    """Timeouts before any reply (a busy server, a model still warming up) get the full drop_server_after count,
+    not the fast drop of a server that refuses connections."""
+    with FaultInjectingChatServer(default_fault="hang", hang_s=5) as server:
+        t = teacher(server.base_url, max_concurrency=2, timeout=0.3, max_retries=1, drop_server_after=8)
+        replies = t.answer(requests(3))
+        assert len(server.requests) == 6  # every item got both its attempts
+    assert all("timed out" in r.error and "after 2 attempt(s)" in r.error for r in replies)
+    assert not t.health[server.base_url].out

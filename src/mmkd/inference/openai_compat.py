@@ -9,7 +9,7 @@ Faults: 408/409/429/5xx, timeouts, connection errors and 200s that are not a cha
 budget of at most ``max_retries + 1`` attempts per item in all. A failed attempt is retried at once on another
 server in rotation when there is one, else on the same server after the SDK's backoff (``Retry-After`` honoured).
 ``timeout`` bounds each whole attempt, however slowly a server sends its bytes. A server that fails
-``drop_server_after`` attempts in a row (2 when it never sent an HTTP response: nothing listens there) is taken out of
+``drop_server_after`` attempts in a row (2 refused connections when it never sent an HTTP response) is taken out of
 rotation for the run, with a warning; when none is left, ``BackendStopped`` says why and the items not sent are
 not asked. An item that fails everywhere comes back as an error reply that keeps the server's own reason, and
 the other items go on. Errors that concern the configuration rather than an item (bad key, unknown model or
@@ -162,6 +162,7 @@ class ServerHealth:
     answered: int = 0  # attempts it answered (any HTTP answer that is not a server fault)
     responded: bool = False  # it sent any HTTP response at all (so something listens there)
     failures_in_a_row: int = 0
+    unreachable_in_a_row: int = 0  # of those, connection errors (refused, unknown host): not timeouts
     last_fault: str = ""
     out: bool = False  # taken out of rotation
 
@@ -254,7 +255,7 @@ class OpenAICompatBackend:
                 f"and the key in ${self.config.api_key_env or '<api_key_env not set>'}. Answers so far are cached."
             ) from None
         except openai.APIStatusError as exc:
-            server.responded = True
+            server.responded, server.unreachable_in_a_row = True, 0
             job.fault = _describe(exc)
             if not _retryable(exc):  # e.g. 400 "maximum context length exceeded": the item's fault, not the server's
                 server.answered += 1
@@ -263,15 +264,17 @@ class OpenAICompatBackend:
             job.retry_after = _retry_after(exc.response.headers)
             if exc.status_code == 429:  # busy, not broken: back off, but it is not counted against the server
                 return None
-        except (TimeoutError, openai.APITimeoutError):
+        except (TimeoutError, openai.APITimeoutError):  # a busy server is slow, not absent: no fast drop
             job.fault = f"timed out (no complete reply within timeout={self.config.timeout:g} s)"
+            server.unreachable_in_a_row = 0
         except openai.APIConnectionError as exc:
             job.fault = f"connection failed ({_cause(exc)})"
+            server.unreachable_in_a_row += 1
         except (MalformedReply, openai.APIResponseValidationError, ValueError) as exc:  # ValueError: bad JSON
-            server.responded = True
+            server.responded, server.unreachable_in_a_row = True, 0
             job.fault = _describe(exc)
         else:
-            server.responded = True
+            server.responded, server.unreachable_in_a_row = True, 0
             server.answered += 1
             server.failures_in_a_row = 0
             usage = payload.get("usage") if isinstance(payload.get("usage"), dict) else {}
@@ -302,13 +305,16 @@ class OpenAICompatBackend:
 
     def drop_after(self, server: ServerHealth) -> int:
         """Failed attempts in a row that take a server out of rotation: fewer when no HTTP response ever came from
-        it (nothing listens there: connection refused, or an unknown host)."""
+        it and its last attempts could not connect (nothing listens there: refused, or an unknown host); a server
+        that only timed out so far may be busy (a large model still warming up), so it gets the full count."""
         limit = self.config.drop_server_after
-        return limit if server.responded else min(limit, DROP_SILENT_SERVER_AFTER)
+        if not server.responded and server.unreachable_in_a_row >= DROP_SILENT_SERVER_AFTER:
+            return min(limit, DROP_SILENT_SERVER_AFTER)
+        return limit
 
     def stop_reason(self) -> str:
         detail = "; ".join(f"{h.url}: {h.last_fault}" for h in self.health.values())
-        if not any(h.responded for h in self.health.values()):
+        if not any(h.responded or h.unreachable_in_a_row == 0 for h in self.health.values()):
             return (
                 f"teacher {self.name!r}: no server responded ({detail}). Is the server running, and is base_url "
                 "right? The items not sent are recorded as errors; re-run when it is up (answers so far are cached)"
