@@ -369,3 +369,32 @@ def test_modules_to_save_trains_the_output_layer_in_full_and_loads_back(tiny_mod
     after = student.get_output_embeddings().weight
     assert before.shape == after.shape and not torch.allclose(before, after)
     torch.testing.assert_close(after, saved[head_keys[0]])
+
+
+def test_a_baseline_with_no_rows_saves_an_untrained_adapter_and_stage1_refuses(tiny_models, sft_rows, tmp_path):
+    """A supervised baseline whose selection is empty (e.g. one teacher: no conflicts) is the base model: an adapter
+    whose LoRA B matrices are zero, so it answers as the base does. Stage 1 itself still refuses to train on none."""
+    from conftest import STAGE1_LORA, STAGE1_TRAIN
+
+    base, empty = str(tiny_models[STAGE2_ARCH]), sft_rows.clear()
+    with pytest.raises(ValueError, match="Stage 1 has no training rows"):
+        run_stage1(
+            base,
+            empty,
+            lora=STAGE1_LORA,
+            settings=STAGE1_TRAIN,
+            seed=0,
+            out_dir=tmp_path / "a",
+            live_dir=tmp_path / "l",
+        )
+    run_stage1(base, empty, lora=STAGE1_LORA, settings=STAGE1_TRAIN, seed=0, out_dir=tmp_path / "a",
+               live_dir=tmp_path / "l", allow_empty=True)  # fmt: skip
+    assert {p.name for p in (tmp_path / "a").iterdir()} == ADAPTER_FILES
+    layers = lora_layers(tmp_path / "a")
+    assert layers and all(torch.count_nonzero(b) == 0 for _, b in layers.values())
+    plain, processor = load_model(base)
+    adapted, _ = load_student(base, str(tmp_path / "a"))
+    image, prompt = first_image(sft_rows), sft_rows["prompt"][0]
+    assert generate(adapted, processor, [prompt], [image], max_new_tokens=6) == generate(
+        plain, processor, [prompt], [image], max_new_tokens=6
+    )
