@@ -147,3 +147,23 @@ def test_compare_pairs_two_systems_on_the_same_items():
     assert result["accuracy_diff"] == pytest.approx(0.75 - 0.25)
     assert (result["only_system_right"], result["only_other_right"]) == (3, 1)
     assert result["mcnemar_p"] == pytest.approx(2 * (1 + 4) / 16)
+
+
+def test_gold_only_targets_keep_agreeing_answers_and_a_bare_label_where_no_teacher_was_right(answers, tmp_path):
+    from mmkd.conflict import gold_sft_rows
+
+    selected, sft, _, _ = conflict_split(answers, _gold(tmp_path, GOLD), selection=Selection("all"))
+    rows = gold_sft_rows(selected, sft)
+    got = sorted(zip(rows["id"], rows["source"], rows["completion"], strict=True))
+    # 1: all three right; 2: b and c; 3: only b said falsified; 4: a and b; 6: only a, pristine (gold pristine)
+    assert [(i, s) for i, s, _ in got] == [
+        ("1", "a"), ("1", "b"), ("1", "c"), ("2", "b"), ("2", "c"), ("3", "b"), ("4", "a"), ("4", "b"), ("6", "a"),
+    ]  # fmt: skip
+    gold = {"1": "pristine", "2": "falsified", "3": "falsified", "4": "falsified", "6": "pristine"}
+    wrong = {"5": "falsified"}  # every teacher skipped item 5: unusable, never a target
+    assert all(c.endswith(gold[i]) for i, _, c in got) and not set(wrong) & {i for i, _, _ in got}
+    none_right = {"x": {"a": ("x", "pristine", "ok"), "b": ("x", "pristine", "ok")}}
+    two = {t: _answers(t, [none_right["x"][t]]) for t in ("a", "b")}
+    selected, sft, _, _ = conflict_split(two, _gold(tmp_path, {"x": "falsified"}), selection=Selection("all"))
+    bare = gold_sft_rows(selected, sft)
+    assert bare.to_dicts() == [{"id": "x", "source": "gold", "completion": "Label: falsified. Rationale:"}]
