@@ -84,7 +84,9 @@ def test_the_label_efficiency_curve_averages_seeds_per_rule_and_budget():
         {"best_teacher": 0.78, "baselines/majority_vote": 0.72, "baselines/full_supervision": 0.9}
     )
     svg = curve_svg(points, references)
-    assert svg.startswith("<svg") and svg.count("<polyline") == 3 and svg.count("stroke-dasharray") == 3
+    assert (
+        svg.startswith("<svg") and svg.count("<polyline") == 3 and svg.count("stroke-dasharray") == 6
+    )  # a line and its legend sample each
     assert "rule: conflict" in svg and "best_teacher 78.0%" in svg
 
 

@@ -187,7 +187,7 @@ def curve_svg(points: list[dict], references: dict[str, float], *, width: int = 
     one line per rule, and a dashed line per reference."""
     if not points:
         raise ValueError("no runs with Stage-2 metrics and a gold-label count: run the sweep first")
-    left, right, top, bottom = 60, 170, 20, 45
+    left, right, top, bottom = 60, 210, 20, 45
     xs = [p["gold_labels_read"] for p in points]
     ys = [p["accuracy"] for p in points] + list(references.values())
     x0, x1 = 0.0, max(xs) * 1.05 or 1.0
@@ -224,7 +224,12 @@ def curve_svg(points: list[dict], references: dict[str, float], *, width: int = 
             f'<line x1="{left}" y1="{sy(value):.1f}" x2="{width - right}" y2="{sy(value):.1f}" stroke="{colour}" '
             f'stroke-dasharray="{dash}"/>'
         )
-        out.append(f'<text x="{width - right + 8}" y="{legend_y}">{html.escape(name)} {100 * value:.1f}%</text>')
+        x = width - right + 8
+        out.append(
+            f'<line x1="{x}" y1="{legend_y - 4}" x2="{x + 22}" y2="{legend_y - 4}" stroke="{colour}" '
+            f'stroke-dasharray="{dash}"/>'
+        )
+        out.append(f'<text x="{x + 28}" y="{legend_y}">{html.escape(name)} {100 * value:.1f}%</text>')
         legend_y += 16
     rules = sorted({p["rule"] for p in points})
     for colour, rule in zip(COLOURS * 3, rules, strict=False):
@@ -235,7 +240,12 @@ def curve_svg(points: list[dict], references: dict[str, float], *, width: int = 
             f'<circle cx="{sx(p["gold_labels_read"]):.1f}" cy="{sy(p["accuracy"]):.1f}" r="3" fill="{colour}"/>'
             for p in line
         ]
-        out.append(f'<text x="{width - right + 8}" y="{legend_y}" fill="{colour}">rule: {html.escape(rule)}</text>')
+        x = width - right + 8
+        out.append(
+            f'<line x1="{x}" y1="{legend_y - 4}" x2="{x + 22}" y2="{legend_y - 4}" stroke="{colour}" '
+            'stroke-width="2"/>'
+        )
+        out.append(f'<text x="{x + 28}" y="{legend_y}" fill="{colour}">rule: {html.escape(rule)}</text>')
         legend_y += 16
     out.append("</svg>")
     return "\n".join(out) + "\n"
