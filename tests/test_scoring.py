@@ -1,0 +1,48 @@
+"""The detector's score (``mmkd.scoring.label_score``) on tiny models built from config, against the model's own
+logits at the label position computed by hand."""
+
+import pytest
+import torch
+from PIL import Image
+
+from mmkd.demo.tiny import ARCHITECTURES
+from mmkd.modeling import load_model, user_turn
+from mmkd.scoring import label_score
+
+PROMPT = "Caption: Officials unveil a red circle near the city. Does the caption match the image?"
+IMAGE = Image.new("RGB", (56, 56), (200, 30, 30))
+
+
+def by_hand(model, processor, answer: str, before_label: str) -> float:
+    """Softmax over the whole vocabulary at the position after ``before_label``, then the two labels' share."""
+    text = processor.apply_chat_template(user_turn(PROMPT), add_generation_prompt=True, tokenize=False)
+    enc = processor(text=[text + answer], images=[IMAGE], return_tensors="pt")
+    upto = processor(text=[text + before_label], images=[IMAGE], return_tensors="pt")["input_ids"].shape[1]
+    tok = processor.tokenizer
+    head = tok.encode(before_label, add_special_tokens=False)
+    first = {
+        label: tok.encode(before_label + f" {label}", add_special_tokens=False)[len(head)]
+        for label in ("falsified", "pristine")
+    }
+    with torch.no_grad():
+        probs = torch.softmax(model(**enc).logits[0, upto - 1].double(), dim=-1)
+    return float(probs[first["falsified"]] / (probs[first["falsified"]] + probs[first["pristine"]]))
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_the_score_is_the_label_tokens_probability_at_the_slot(tiny_models, arch):
+    model, processor = load_model(str(tiny_models[arch]))
+    before = "Check: colour red vs red yes. Label:"
+    answer = before + " falsified. Rationale: the label says so."
+    score = label_score(model, processor, PROMPT, IMAGE, answer)
+    assert 0.0 <= score <= 1.0
+    assert score == pytest.approx(by_hand(model, processor, answer, before), abs=1e-5)
+    # the slot is the label, whatever the label: the same prefix gives the same score
+    assert label_score(model, processor, PROMPT, IMAGE, before + " pristine.") == pytest.approx(score, abs=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_an_answer_without_a_label_has_no_score(tiny_models, arch):
+    model, processor = load_model(str(tiny_models[arch]))
+    assert label_score(model, processor, PROMPT, IMAGE, "A red circle in a city street.") is None
+    assert label_score(model, processor, PROMPT, IMAGE, "Check: nothing. Label:") is None  # nothing after the slot
