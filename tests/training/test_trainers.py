@@ -374,20 +374,19 @@ def test_modules_to_save_trains_the_output_layer_in_full_and_loads_back(tiny_mod
 def test_a_baseline_with_no_rows_saves_an_untrained_adapter_and_stage1_refuses(tiny_models, sft_rows, tmp_path):
     """A supervised baseline whose selection is empty (e.g. one teacher: no conflicts) is the base model: an adapter
     whose LoRA B matrices are zero, so it answers as the base does. Stage 1 itself still refuses to train on none."""
-    from conftest import STAGE1_LORA, STAGE1_TRAIN
-
+    lora, train = LoraSettings(r=4, alpha=8), TrainSettings(max_steps=3, batch_size=4, learning_rate=1e-2)
     base, empty = str(tiny_models[STAGE2_ARCH]), sft_rows.clear()
     with pytest.raises(ValueError, match="Stage 1 has no training rows"):
         run_stage1(
             base,
             empty,
-            lora=STAGE1_LORA,
-            settings=STAGE1_TRAIN,
+            lora=lora,
+            settings=train,
             seed=0,
             out_dir=tmp_path / "a",
             live_dir=tmp_path / "l",
         )
-    run_stage1(base, empty, lora=STAGE1_LORA, settings=STAGE1_TRAIN, seed=0, out_dir=tmp_path / "a",
+    run_stage1(base, empty, lora=lora, settings=train, seed=0, out_dir=tmp_path / "a",
                live_dir=tmp_path / "l", allow_empty=True)  # fmt: skip
     assert {p.name for p in (tmp_path / "a").iterdir()} == ADAPTER_FILES
     layers = lora_layers(tmp_path / "a")
