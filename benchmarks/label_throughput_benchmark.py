@@ -7,8 +7,8 @@ answers parsed and (unless ``--no-cache``) committed one by one to a SQLite answ
 
     python benchmarks/label_throughput_benchmark.py [--latency 0.2] [--concurrency 1 16 64] [--rounds 30]
 
-Prints a Markdown table. The targets are >= 80 % of ideal at concurrency 16 and >= 85 % at 64. CPU time per request is the client
-process's CPU time (user + system) over the items sent; on a shared machine it is noisy.
+Prints a Markdown table. The targets are >= 80 % of ideal at concurrency 16 and >= 85 % at 64. CPU time per
+request is the client process's CPU time (user + system) over the items sent; on a shared machine it is noisy.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@ Stage-2 adapters chain onto Stage 1, and that bad settings fail with a message i
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -376,18 +377,12 @@ def test_a_baseline_with_no_rows_saves_an_untrained_adapter_and_stage1_refuses(t
     whose LoRA B matrices are zero, so it answers as the base does. Stage 1 itself still refuses to train on none."""
     lora, train = LoraSettings(r=4, alpha=8), TrainSettings(max_steps=3, batch_size=4, learning_rate=1e-2)
     base, empty = str(tiny_models[STAGE2_ARCH]), sft_rows.clear()
+    on_nothing = functools.partial(
+        run_stage1, base, empty, lora=lora, settings=train, seed=0, out_dir=tmp_path / "a", live_dir=tmp_path / "l"
+    )
     with pytest.raises(ValueError, match="Stage 1 has no training rows"):
-        run_stage1(
-            base,
-            empty,
-            lora=lora,
-            settings=train,
-            seed=0,
-            out_dir=tmp_path / "a",
-            live_dir=tmp_path / "l",
-        )
-    run_stage1(base, empty, lora=lora, settings=train, seed=0, out_dir=tmp_path / "a",
-               live_dir=tmp_path / "l", allow_empty=True)  # fmt: skip
+        on_nothing()
+    on_nothing(allow_empty=True)
     assert {p.name for p in (tmp_path / "a").iterdir()} == ADAPTER_FILES
     layers = lora_layers(tmp_path / "a")
     assert layers and all(torch.count_nonzero(b) == 0 for _, b in layers.values())
