@@ -192,3 +192,32 @@ def test_when_no_server_is_left_cached_answers_are_still_used_and_the_rest_are_r
     assert sent and all("connection failed" in e for e in sent), sent
     assert len(unsent) >= 4 and all("teacher 'srv': no server responded" in e for e in unsent), unsent
     assert backend.usage.requests == 2  # taken out after two refused connections
+
+
+def test_an_answer_cached_without_a_score_is_scored_by_the_local_model(tiny_models, world_dir, tmp_path):
+    """An answer cached before scores were kept is scored by one teacher-forced pass (no generation) and the score
+    is written back; an unparsed answer stays unscored."""
+    from mmkd.answer_cache import CachedAnswer
+    from mmkd.items import load_image
+    from mmkd.labelling import item_prompt
+    from mmkd.prompts import get_prompt
+    from mmkd.scoring import label_score
+
+    items = read_items(world_dir / "test.parquet").head(2)
+    params = {"model": str(tiny_models["llava"]), "prompt_version": PROMPT_VERSION, "max_new_tokens": 8}
+    teacher = make_backend("llava", params)
+    with AnswerCache(tmp_path / "llava.sqlite") as cache:
+        first = label_items(teacher, items, source="llava", prompt_version=PROMPT_VERSION, cache=cache)
+        texts = ["Check: x. Label: falsified. Rationale: y.", "no answer format"]
+        for key, item_id, text in zip(first["answer_key"], first["id"], texts, strict=True):
+            cache.put(key, "llava", item_id, CachedAnswer(text), replace=True)
+        fresh = make_backend("llava", params)
+        again = label_items(fresh, items, source="llava", prompt_version=PROMPT_VERSION, cache=cache)
+        assert fresh.usage.requests == 0  # scored, not asked again
+        assert again["status"].to_list() == ["ok", "unparsed"]
+        row = items.row(0, named=True)
+        image = load_image(row["id"], row["image_path"])
+        prompt = item_prompt(get_prompt(PROMPT_VERSION), row)
+        expected = label_score(fresh.model, fresh.processor, prompt, image, texts[0])
+        assert again["score"][0] == pytest.approx(expected, abs=1e-6) and again["score"][1] is None
+        assert cache.get_many([first["answer_key"][0]])[first["answer_key"][0]].score == pytest.approx(expected)

@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 
 from mmkd.demo.tiny import ARCHITECTURES
-from mmkd.modeling import load_model, user_turn
-from mmkd.scoring import label_score
+from mmkd.modeling import generate, load_model, user_turn
+from mmkd.scoring import generated_score, label_score
 
 PROMPT = "Caption: Officials unveil a red circle near the city. Does the caption match the image?"
 IMAGE = Image.new("RGB", (56, 56), (200, 30, 30))
@@ -46,3 +46,34 @@ def test_an_answer_without_a_label_has_no_score(tiny_models, arch):
     model, processor = load_model(str(tiny_models[arch]))
     assert label_score(model, processor, PROMPT, IMAGE, "A red circle in a city street.") is None
     assert label_score(model, processor, PROMPT, IMAGE, "Check: nothing. Label:") is None  # nothing after the slot
+
+
+@pytest.mark.parametrize("arch", ["llava", "qwen2_vl"])
+def test_the_score_read_during_generation_equals_the_teacher_forced_one(tiny_models, arch):
+    """``generated_score`` reads the logits that chose each new token; fed the teacher-forced logits of the same
+    answer (what greedy generation of exactly that answer computes), it gives ``label_score``'s value."""
+    model, processor = load_model(str(tiny_models[arch]))
+    answer = "Check: colour red vs red yes. Label: pristine. Rationale: same."
+    text = processor.apply_chat_template(user_turn(PROMPT), add_generation_prompt=True, tokenize=False)
+    prompt_len = processor(text=[text], images=[IMAGE], return_tensors="pt")["input_ids"].shape[1]
+    enc = processor(text=[text + answer], images=[IMAGE], return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**enc).logits[0]
+    answer_ids = enc["input_ids"][0, prompt_len:].tolist()
+    steps = [logits[prompt_len + i - 1] for i in range(len(answer_ids))]
+    score = generated_score(processor.tokenizer, answer_ids, steps)
+    assert score == pytest.approx(label_score(model, processor, PROMPT, IMAGE, answer), abs=1e-6)
+    # reading one step off gives another number: the index is the slot's, not a neighbour's
+    assert generated_score(processor.tokenizer, answer_ids, [steps[0], *steps[:-1]]) != pytest.approx(score)
+    assert generated_score(processor.tokenizer, answer_ids[:5], steps[:5]) is None  # the answer ends before a label
+
+
+def test_generation_returns_a_score_per_answer(tiny_models):
+    """``generate(with_scores=True)`` gives (text, score) pairs, the text as without scores; a random tiny model
+    writes no ``Label:`` field, so its scores are None (never a guess)."""
+    model, processor = load_model(str(tiny_models["llava"]))
+    prompts, images = [PROMPT, PROMPT + " Answer."], [IMAGE, IMAGE]
+    plain = generate(model, processor, prompts, images, max_new_tokens=6)
+    scored = generate(model, processor, prompts, images, max_new_tokens=6, with_scores=True)
+    assert [t for t, _ in scored] == plain
+    assert all(s is None or 0.0 <= s <= 1.0 for _, s in scored)

@@ -41,10 +41,11 @@ CREATE TABLE IF NOT EXISTS answers (
     text TEXT NOT NULL,
     prompt_tokens INTEGER,
     completion_tokens INTEGER,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    score REAL
 )
 """
-_COLUMNS = "key, teacher, item_id, text, prompt_tokens, completion_tokens, created"
+_COLUMNS = "key, teacher, item_id, text, prompt_tokens, completion_tokens, created, score"
 
 
 def answer_key(teacher: str, identity: dict, prompt_version: str, prompt: str, image_sha256: str) -> str:
@@ -80,11 +81,19 @@ def cache_path(cache_dir: str | Path, teacher: str) -> Path:
 
 @dataclass(frozen=True)
 class CachedAnswer:
-    """One stored answer: the teacher's raw text and, when the server reported them, its token counts."""
+    """One stored answer: the teacher's raw text, its token counts when the server reported them, and its score
+    (P(falsified), mmkd.scoring) when the backend could read one."""
 
     text: str
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    score: float | None = None
+
+
+def _add_score_column(db: sqlite3.Connection, schema: str) -> None:
+    """Give a cache written before scores were kept its ``score`` column (null: the answers keep no score)."""
+    if "score" not in {row[1] for row in db.execute(f"PRAGMA {schema}.table_info(answers)")}:
+        db.execute(f"ALTER TABLE {schema}.answers ADD COLUMN score REAL")
 
 
 class AnswerCache:
@@ -98,6 +107,7 @@ class AnswerCache:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(_SCHEMA)
+            _add_score_column(self._db, "main")
         except sqlite3.DatabaseError as exc:
             raise ValueError(
                 f"answer cache {self.path} cannot be opened ({exc}); move it away to start a fresh cache"
@@ -111,19 +121,33 @@ class AnswerCache:
             chunk = keys[start : start + 500]
             marks = ",".join("?" * len(chunk))
             rows = self._db.execute(
-                f"SELECT key, text, prompt_tokens, completion_tokens FROM answers WHERE key IN ({marks})", chunk
+                f"SELECT key, text, prompt_tokens, completion_tokens, score FROM answers WHERE key IN ({marks})",
+                chunk,
             )
-            for key, text, prompt_tokens, completion_tokens in rows:
-                found[key] = CachedAnswer(text, prompt_tokens, completion_tokens)
+            for key, text, prompt_tokens, completion_tokens, score in rows:
+                found[key] = CachedAnswer(text, prompt_tokens, completion_tokens, score)
         return found
 
     def put(self, key: str, teacher: str, item_id: str, answer: CachedAnswer, *, replace: bool = False) -> None:
         """Store one answer, committed at once (the first answer for a key wins, unless ``replace``: a re-asked
         unparsed answer)."""
         self._db.execute(
-            f"INSERT OR {'REPLACE' if replace else 'IGNORE'} INTO answers ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (key, teacher, item_id, answer.text, answer.prompt_tokens, answer.completion_tokens, time.time()),
+            f"INSERT OR {'REPLACE' if replace else 'IGNORE'} INTO answers ({_COLUMNS}) VALUES ({', '.join('?' * 8)})",
+            (
+                key,
+                teacher,
+                item_id,
+                answer.text,
+                answer.prompt_tokens,
+                answer.completion_tokens,
+                time.time(),
+                answer.score,
+            ),
         )
+
+    def set_score(self, key: str, score: float) -> None:
+        """Record the score of a stored answer that had none (an answer cached before scores were kept)."""
+        self._db.execute("UPDATE answers SET score = ? WHERE key = ? AND score IS NULL", (score, key))
 
     def merge_from(self, other: str | Path) -> int:
         """Copy every answer of another cache file (e.g. a shard run on another machine) in; returns how many."""
@@ -133,7 +157,9 @@ class AnswerCache:
         before = len(self)
         self._db.execute("ATTACH DATABASE ? AS other", (str(other),))
         try:
-            self._db.execute(f"INSERT OR IGNORE INTO answers ({_COLUMNS}) SELECT {_COLUMNS} FROM other.answers")
+            columns = {row[1] for row in self._db.execute("PRAGMA other.table_info(answers)")}
+            select = _COLUMNS if "score" in columns else _COLUMNS.replace(", score", ", NULL")  # an older shard
+            self._db.execute(f"INSERT OR IGNORE INTO answers ({_COLUMNS}) SELECT {select} FROM other.answers")
         finally:
             self._db.execute("DETACH DATABASE other")
         return len(self) - before

@@ -124,7 +124,7 @@ def label_items(
             tally.count_tokens(reply.prompt_tokens, reply.completion_tokens)
             if cache is not None:
                 key = keys[reply.item_id]
-                answer = CachedAnswer(reply.text, reply.prompt_tokens, reply.completion_tokens)
+                answer = CachedAnswer(reply.text, reply.prompt_tokens, reply.completion_tokens, reply.score)
                 cache.put(key, source, reply.item_id, answer, replace=key in retried)
         bar.update(1)
         bar.set_postfix(cached=tally.cache_hits, errors=tally.errors, refresh=False)
@@ -135,8 +135,21 @@ def label_items(
         tally.skipped += 1
         bar.update(1)
 
-    def use(item_id: str, key: str, hit: CachedAnswer) -> None:
-        reply = InferenceReply(item_id, hit.text, None, hit.prompt_tokens, hit.completion_tokens)
+    rescore = getattr(backend, "score_answer", None)  # a local model can score an answer cached without a score
+
+    def use(row: dict, prompt: str, key: str, hit: CachedAnswer) -> None:
+        item_id = row["id"]
+        if hit.score is None and rescore is not None and parse_answer(hit.text).status == "ok":
+            try:
+                image = load_image(item_id, row["image_path"])
+            except BadItem:
+                pass  # the answer stays unscored; the image is checked again when the item is asked
+            else:
+                score = rescore(InferenceRequest(item_id, image, prompt, row["image_path"]), hit.text)
+                hit = CachedAnswer(hit.text, hit.prompt_tokens, hit.completion_tokens, score)
+                if cache is not None and score is not None:
+                    cache.set_score(key, score)
+        reply = InferenceReply(item_id, hit.text, None, hit.prompt_tokens, hit.completion_tokens, hit.score)
         rows[item_id] = _answer_row(reply, key)
         tally.count_tokens(hit.prompt_tokens, hit.completion_tokens)
         bar.update(1)
@@ -173,7 +186,7 @@ def label_items(
                                 cache.put(key, source, row["id"], hit)
                         else:
                             tally.cache_hits += 1
-                        use(row["id"], key, hit)
+                        use(row, prompt, key, hit)
                         continue
                 if stopped:  # the backend can take no more: record the item as failed, without reading its image
                     on_reply(InferenceReply(item_id=row["id"], error=f"not sent: {stopped[0]}"))
@@ -267,7 +280,7 @@ def _reusable(previous: pl.DataFrame | None) -> dict[str, CachedAnswer]:
         & pl.col("raw_text").is_not_null()
     )
     return {
-        r["answer_key"]: CachedAnswer(r["raw_text"], r["prompt_tokens"], r["completion_tokens"])
+        r["answer_key"]: CachedAnswer(r["raw_text"], r["prompt_tokens"], r["completion_tokens"], r.get("score"))
         for r in rows.iter_rows(named=True)
     }
 
@@ -290,5 +303,6 @@ def _answer_row(reply: InferenceReply, key: str | None = None) -> dict:
         "raw_text": reply.text,
         "status": parsed.status,
         "error": parsed.reason,
+        "score": reply.score if parsed.status == "ok" else None,  # an unparsed answer has no score, never a guess
         **tokens,
     }

@@ -203,10 +203,15 @@ def generate(
     max_new_tokens: int = 64,
     batch_size: int = 16,
     desc: str = "generate",
-) -> list[str]:
-    """Greedy answers for (image, prompt) pairs, in batches with left padding; returns the decoded new text."""
+    with_scores: bool = False,
+) -> list[str] | list[tuple[str, float | None]]:
+    """Greedy answers for (image, prompt) pairs, in batches with left padding; returns the decoded new text, or
+    with ``with_scores`` (text, score) pairs: the score read from generation's own logits at the answer's label
+    slot (mmkd.scoring.generated_score)."""
+    from mmkd.scoring import generated_score
+
     texts = [processor.apply_chat_template(user_turn(p), add_generation_prompt=True, tokenize=False) for p in prompts]
-    out: list[str] = []
+    out: list = []
     model.eval()
     device = next(model.parameters()).device
     for start in tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch", disable=len(texts) <= batch_size):
@@ -217,6 +222,19 @@ def generate(
             padding_side="left",
             return_tensors="pt",
         ).to(device)
-        ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)
-        out.extend(processor.batch_decode(ids[:, enc["input_ids"].shape[1] :], skip_special_tokens=True))
-    return [t.strip() for t in out]
+        result = model.generate(
+            **enc,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            output_logits=with_scores,
+            return_dict_in_generate=True,
+        )
+        new = result.sequences[:, enc["input_ids"].shape[1] :]
+        texts = [t.strip() for t in processor.batch_decode(new, skip_special_tokens=True)]
+        if not with_scores:
+            out.extend(texts)
+            continue
+        for row, text in enumerate(texts):
+            steps = [step[row] for step in result.logits]
+            out.append((text, generated_score(processor.tokenizer, new[row].tolist(), steps)))
+    return out

@@ -47,8 +47,11 @@ ANSWER_SCHEMA: dict[str, pl.DataType] = {
     "answer_key": pl.String(),
     "prompt_tokens": pl.Int64(),
     "completion_tokens": pl.Int64(),
+    # P(falsified), read at the answer's Label: slot (mmkd.scoring); null when the answer did not parse or the
+    # backend cannot read it (a server without logprobs).
+    "score": pl.Float64(),
 }
-ANSWER_OPTIONAL = ("answer_key", "prompt_tokens", "completion_tokens")  # files written before they existed
+ANSWER_OPTIONAL = ("answer_key", "prompt_tokens", "completion_tokens", "score")  # files written before they existed
 
 
 # The conflict split (``split`` writes them, ``stage2`` reads them; see mmkd.conflict).

@@ -5,8 +5,12 @@ model wrote it. The score is the model's next-token probability of ``falsified``
 image and the answer's text before the slot, renormalised over the two labels:
 ``p(falsified) / (p(falsified) + p(pristine))``, each label represented by the token that would begin it at the
 slot (so ``" falsified"`` when the slot follows ``Label:`` directly). This is the convention of classifier-style
-LLMs such as Llama Guard, which read their unsafe probability off the first answer token. It is computed by one
-teacher-forced forward pass over prompt + answer, so it also scores an answer taken from the cache.
+LLMs such as Llama Guard, which read their unsafe probability off the first answer token.
+
+Two ways to read it, which agree (tests/test_scoring.py): ``generated_score`` reads it from the logits that
+generation produced at the slot (free: mmkd.modeling.generate keeps them), and ``label_score`` by one teacher-forced
+forward pass over prompt + answer, which also scores an answer taken from a cache that kept no score. A server
+reads it from the logprobs it returns (mmkd.inference.openai_compat).
 
 No score (None): an answer with no ``Label:`` field, or a tokenizer in which both labels begin with the same token
 at the slot (the first token cannot tell them apart).
@@ -49,6 +53,21 @@ def label_token_ids(tokenizer, prefix: str) -> dict[str, int] | None:
     return ids if len(set(ids.values())) == len(LABELS) else None
 
 
+def _renormalised(logits: torch.Tensor, ids: dict[str, int]) -> float:
+    pair = torch.stack([logits[ids[FALSIFIED]], logits[ids[PRISTINE]]]).float()
+    return float(torch.softmax(pair, dim=0)[0])
+
+
+def generated_score(tokenizer, answer_ids: list[int], step_logits) -> float | None:
+    """P(falsified) of a generated answer: ``answer_ids`` are the new tokens, ``step_logits[i]`` the logits that
+    chose token ``i`` (what ``generate(output_logits=True)`` returns for one row)."""
+    slot = slot_index(tokenizer, answer_ids)
+    if slot is None:
+        return None
+    ids = label_token_ids(tokenizer, tokenizer.decode(answer_ids[:slot], skip_special_tokens=True))
+    return None if ids is None else _renormalised(step_logits[slot], ids)
+
+
 @torch.inference_mode()
 def label_score(model, processor, prompt: str, image: Image.Image, answer: str) -> float | None:
     """P(falsified) of ``answer`` to ``prompt`` about ``image`` (see the module docstring)."""
@@ -65,6 +84,5 @@ def label_score(model, processor, prompt: str, image: Image.Image, answer: str) 
     if ids is None:
         return None
     model.eval()
-    logits = model(**enc).logits[0, prompt_len + slot - 1].float()  # predicts the token at the slot
-    pair = torch.stack([logits[ids[FALSIFIED]], logits[ids[PRISTINE]]])
-    return float(torch.softmax(pair, dim=0)[0])
+    logits = model(**enc).logits[0, prompt_len + slot - 1]  # predicts the token at the slot
+    return _renormalised(logits, ids)

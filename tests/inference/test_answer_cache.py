@@ -117,3 +117,33 @@ def test_environment_variable_overrides_the_configured_directory(monkeypatch):
     monkeypatch.setenv(CACHE_ENV, "/scratch/answers")
     assert cache_dir_for(".answer_cache") == "/scratch/answers"
     assert cache_dir_for(None) == "/scratch/answers"
+
+
+OLD_SCHEMA = """CREATE TABLE answers (key TEXT PRIMARY KEY, teacher TEXT NOT NULL, item_id TEXT NOT NULL,
+    text TEXT NOT NULL, prompt_tokens INTEGER, completion_tokens INTEGER, created REAL NOT NULL)"""
+
+
+def old_cache(path, key: str, text: str) -> None:
+    """A cache file as mmkd wrote it before answers kept a score."""
+    db = sqlite3.connect(path)
+    db.execute(OLD_SCHEMA)
+    db.execute("INSERT INTO answers VALUES (?, 't', 'id', ?, 5, 2, 0.0)", (key, text))
+    db.commit()
+    db.close()
+
+
+def test_scores_are_stored_and_an_older_cache_gains_the_column(tmp_path):
+    old_cache(tmp_path / "old.sqlite", "k0", "Label: pristine.")
+    with AnswerCache(tmp_path / "old.sqlite") as cache:  # opened as is: its answers keep no score
+        assert cache.get_many(["k0"]) == {"k0": CachedAnswer("Label: pristine.", 5, 2, None)}
+        cache.set_score("k0", 0.25)
+        cache.set_score("k0", 0.75)  # a score once set stays: the same answer has one score
+        cache.put("k1", "t", "id1", CachedAnswer("Label: falsified.", 1, 1, 0.9))
+        assert cache.get_many(["k0", "k1"]) == {
+            "k0": CachedAnswer("Label: pristine.", 5, 2, 0.25),
+            "k1": CachedAnswer("Label: falsified.", 1, 1, 0.9),
+        }
+    old_cache(tmp_path / "shard.sqlite", "k2", "Label: pristine.")  # a shard run with an older mmkd
+    with AnswerCache(tmp_path / "main.sqlite") as cache:
+        assert cache.merge_from(tmp_path / "shard.sqlite") == 1
+        assert cache.get_many(["k2"])["k2"].score is None

@@ -27,7 +27,9 @@ class InferenceRequest:
 class InferenceReply:
     """The raw text a teacher returned, or the error that stopped it for this item (exactly one is set).
 
-    Token counts are set when the backend knows them (an OpenAI-compatible server reports them).
+    Token counts are set when the backend knows them (an OpenAI-compatible server reports them). ``score`` is
+    P(falsified) read at the answer's ``Label:`` slot (mmkd.scoring), when the backend can read it: a local model
+    always, a server when it returns logprobs; None otherwise.
     """
 
     item_id: str
@@ -35,6 +37,7 @@ class InferenceReply:
     error: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    score: float | None = None
 
 
 @dataclass

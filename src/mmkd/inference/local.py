@@ -43,7 +43,8 @@ class LocalConfig:
 
 
 class LocalBackend:
-    """Generates greedily in batches with left padding through the model's own processor and chat template."""
+    """Generates greedily in batches with left padding through the model's own processor and chat template; each
+    reply carries its score (P(falsified) at the label slot, mmkd.scoring)."""
 
     def __init__(self, config: LocalConfig, name: str = "local"):
         self.config = config
@@ -95,7 +96,7 @@ class LocalBackend:
         # One batch at a time, taken from the stream as it is needed and reported when done.
         stream = iter(requests)
         while batch := list(itertools.islice(stream, size)):
-            texts = generate(
+            answers = generate(
                 self.model,
                 self.processor,
                 [r.prompt for r in batch],
@@ -103,15 +104,25 @@ class LocalBackend:
                 max_new_tokens=self.config.max_new_tokens,
                 batch_size=size,
                 desc=self.name,
+                with_scores=True,
             )
-            for r, t in zip(batch, texts, strict=True):
-                replies.append(InferenceReply(item_id=r.item_id, text=t))
+            for r, (text, score) in zip(batch, answers, strict=True):
+                replies.append(InferenceReply(item_id=r.item_id, text=text, score=score))
                 self.usage.requests += 1
                 if on_reply is not None:
                     on_reply(replies[-1])
         return replies
 
+    def score_answer(self, request: InferenceRequest, text: str) -> float | None:
+        """The score of an answer this model gave before (e.g. cached before scores were kept), by one
+        teacher-forced pass (mmkd.scoring.label_score): the score generation would have read."""
+        from mmkd.scoring import label_score
+
+        return label_score(self.model, self.processor, request.prompt, request.image, text)
+
     def identity(self) -> dict:
+        # The score is read from the same answer, so it is not part of the key: answers cached before scores were
+        # kept stay valid, and get their score from ``score_answer``.
         return self._identity
 
     @cached_property
