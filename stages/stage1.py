@@ -1,10 +1,12 @@
 """Stage `stage1`: LoRA SFT of the student on the teachers' answers -> models/stage1 (adapter), dvclive/stage1.
 With ``--baseline NAME`` (stage `supervised@NAME`), the same recipe from the base model on a baseline's gold-label
-targets (data/baselines/NAME/sft.parquet) -> models/baselines/NAME, dvclive/baselines/NAME."""
+targets (data/baselines/NAME/sft.parquet) -> models/baselines/NAME, dvclive/baselines/NAME. After training, the
+adapter's operating threshold is chosen on val and recorded in it (mmkd.calibration)."""
 
 import argparse
 
 from mmkd import paths
+from mmkd.calibration import calibrate_from_params
 from mmkd.conflict import stage1_rows
 from mmkd.console import setup_logging
 from mmkd.schema import read_answers, read_items, read_sft_rows
@@ -46,6 +48,7 @@ def main() -> None:
         prompt_version=student["prompt_version"],
         allow_empty=args.baseline is not None,  # e.g. gold_only when no item was selected
     )
+    calibrate_from_params(out_dir, params)  # the val threshold, recorded in the adapter
 
 
 if __name__ == "__main__":

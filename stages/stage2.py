@@ -1,10 +1,12 @@
 """Stage `stage2`: LoRA SFT + DPO on the selected (conflict) items, on top of merged Stage 1 -> models/stage2,
 dvclive/stage2. With ``--baseline NAME`` (stage `baseline@NAME`), the same recipe on a baseline's selection
-(data/baselines/NAME) -> models/baselines/NAME, dvclive/baselines/NAME."""
+(data/baselines/NAME) -> models/baselines/NAME, dvclive/baselines/NAME. After training, the adapter's operating
+threshold is chosen on val and recorded in it (mmkd.calibration)."""
 
 import argparse
 
 from mmkd import paths
+from mmkd.calibration import calibrate_from_params
 from mmkd.console import setup_logging
 from mmkd.schema import read_items, read_pairs, read_sft_rows
 from mmkd.stage_io import read_params, seed_everything
@@ -40,6 +42,7 @@ def main() -> None:
         dtype=student["dtype"],
         prompt_version=student["prompt_version"],
     )
+    calibrate_from_params(out_dir, params)  # the val threshold, recorded in the adapter
 
 
 if __name__ == "__main__":

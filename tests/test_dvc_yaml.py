@@ -20,7 +20,12 @@ from mmkd import paths
 from mmkd.cli import compose
 
 ROOT = Path(__file__).resolve().parents[1]
-GOLD_READERS = {"split", "evaluate"}  # conflict items' gold (train) and test gold; nothing else downstream
+TRAINING_STAGES = {"stage1", "stage2", "baseline", "supervised"}  # each chooses its adapter's threshold on val
+GOLD_READERS = {  # which stages read which split's gold labels; nothing else downstream of the data reads any
+    "train": {"split"},  # the selected (conflict) items' gold only
+    "val": {*TRAINING_STAGES, "evaluate"},  # thresholds: each adapter's after training, zero-shot's and teachers'
+    "test": {"evaluate"},
+}
 WORLD_READERS = {"bootstrap"}  # pre-trains on the separate bootstrap split, whose gold it needs: reads the world dir
 DATA_STAGES = {"world", "prepare"}  # write data.dir: the demo world, or real data (one of them per config)
 
@@ -41,12 +46,14 @@ def file_deps(stage) -> list[PurePosixPath]:
     return [PurePosixPath(dep.def_path) for dep in stage.deps if not isinstance(dep, ParamsDependency)]
 
 
-def test_only_split_and_evaluate_depend_on_gold_files(stages):
-    readers = {
-        name
-        for name, stage in stages.items()
-        if any(p.suffixes[-2:] == [".gold", ".parquet"] for p in file_deps(stage))
-    }
+def test_each_split_gold_is_read_only_by_its_stages(stages):
+    """Test labels are read by `evaluate` alone (so no threshold or model can be chosen on them); val labels by the
+    stages that choose thresholds; train labels by `split`."""
+    readers: dict[str, set[str]] = {}
+    for name, stage in stages.items():
+        for p in file_deps(stage):
+            if p.suffixes[-2:] == [".gold", ".parquet"]:
+                readers.setdefault(p.name.split(".")[0], set()).add(name.split("@")[0])
     assert readers == GOLD_READERS
 
 
@@ -186,7 +193,13 @@ def test_stage_outputs_are_the_paths_the_library_defines(stages, params):
         "stage2": set(paths.stage2_dirs()),
         **{f"baseline@{b}": set(paths.stage2_dirs(b)) for b in paths.STAGE2_BASELINES},
         **{f"supervised@{b}": set(paths.baseline_dirs(b)) for b in params["baselines"]["supervised"]},
-        "evaluate": {paths.PREDICTIONS, paths.CONFUSION, paths.metrics_file("evaluate")},
+        "evaluate": {
+            paths.PREDICTIONS,
+            paths.CONFUSION,
+            paths.ROC,
+            paths.RELIABILITY,
+            paths.metrics_file("evaluate"),
+        },
         "bootstrap@demo": set(paths.bootstrap_dirs("demo")),
     }
     for teacher in params["teacher_names"]:

@@ -24,7 +24,7 @@ import yaml
 from dvc_env import describe, offline_env
 from expected_files import ADAPTER_FILES, DEMO_MODEL_FILES
 
-from mmkd.evaluation import SYSTEM_KEYS
+from mmkd.evaluation import RANKING_KEYS, SYSTEM_KEYS, THRESHOLD_KEYS
 
 pytestmark = pytest.mark.e2e
 
@@ -167,11 +167,26 @@ def test_first_repro_writes_metrics_and_outputs(pipeline: Pipeline):
     entries = {name: evaluation[name] for name in ("zero_shot", "stage1", "stage2")}
     entries |= {f"teachers.{t}": m for t, m in evaluation["teachers"].items()}
     entries |= {f"baselines.{b}": m for b, m in evaluation["baselines"].items()}
+    keys = {*SYSTEM_KEYS, *RANKING_KEYS, *THRESHOLD_KEYS}
     for name, metrics in entries.items():
-        assert set(metrics) == set(SYSTEM_KEYS), f"metrics/evaluate.json: {name} has keys {sorted(metrics)}"
+        assert set(metrics) == keys, f"metrics/evaluate.json: {name} has keys {sorted(metrics)}"
         assert metrics["n"] > 0, f"metrics/evaluate.json: {name} scored no items"
         low, high = metrics["accuracy_ci95"]
         assert low <= metrics["accuracy"] <= high, (name, metrics)
+        # every model's parsed answer has a score (the local backend reads it at the label slot); a vote has none
+        scored = 0 if name == "baselines.majority_vote" else round(metrics["coverage"] * metrics["n"])
+        assert metrics["n_scored"] == scored, (name, metrics)
+        if scored == 0:  # e.g. the zero-shot base, whose answers do not parse: null, never a made-up number
+            assert metrics["auroc"] is None and metrics["accuracy_at_half"] is None, (name, metrics)
+            continue
+        assert 0.0 <= metrics["ece"] <= 1.0 and 0.0 <= metrics["brier"] <= 1.0, (name, metrics)
+        assert metrics["threshold"] is not None and metrics["accuracy_at_threshold"] is not None, (name, metrics)
+        curve = "/".join(name.split(".")) + ".csv"
+        assert (repo / "metrics/roc" / curve).is_file() and (repo / "metrics/reliability" / curve).is_file(), curve
+    for stage in ("stage1", "stage2", "baselines/random_budget", "baselines/gold_only"):
+        recorded = read_json(repo / "models" / stage / "mmkd_adapter.json")["threshold"]
+        assert recorded["val_n"] > 0 and recorded["rule"] == "max_accuracy", recorded
+        assert recorded["value"] == entries[stage.replace("/", ".")]["threshold"], stage
     compared = {name.split(" ")[0] for name in evaluation["significance"]}
     others = ("best_teacher", "stage1", "majority_vote", "random_budget", "gold_only")
     assert compared == {f"stage2_vs_{other}" for other in others}
@@ -231,6 +246,38 @@ def test_second_repro_labels_from_what_it_has_and_runs_nothing_else(reproduced: 
     assert tracked_and_output_files(reproduced.repo) == before
     assert changed_stages(reproduced) == {}
     assert git(reproduced, "status", "--porcelain").stdout == ""
+
+
+def test_thresholds_are_chosen_without_the_test_labels(reproduced: Pipeline):
+    """Flip every test label and evaluate again: every system's accuracy changes, no threshold does (they come
+    from val). Then DVC restores the real labels and outputs."""
+    import polars as pl
+
+    repo = reproduced.repo
+    gold_file = repo / "data/world/test.gold.parquet"
+    before = read_json(repo / "metrics/evaluate.json")
+    gold = pl.read_parquet(gold_file)
+    flipped = pl.when(pl.col("gold_label") == "falsified").then(pl.lit("pristine")).otherwise(pl.lit("falsified"))
+    gold_file.unlink()  # a DVC output is a link into the cache: replace the file, never write through it
+    gold.with_columns(flipped.alias("gold_label")).write_parquet(gold_file)
+    try:
+        run(repo, reproduced.env, sys.executable, "stages/eval.py")
+        after = read_json(repo / "metrics/evaluate.json")
+    finally:
+        dvc(reproduced, "checkout", "--force")
+    systems = ["zero_shot", "stage1", "stage2", *(f"teachers.{t}" for t in TEACHERS)]
+    systems += [f"baselines.{b}" for b in ("random_budget", "gold_only")]
+    for name in systems:
+        first, second = (read_path(m, name) for m in (before, after))
+        assert second["threshold"] == first["threshold"], name
+        assert second["accuracy"] == pytest.approx(first["coverage"] - first["accuracy"], abs=1e-6), name
+    assert changed_stages(reproduced) == {}
+
+
+def read_path(metrics: dict, name: str) -> dict:
+    for part in name.split("."):
+        metrics = metrics[part]
+    return metrics
 
 
 def test_one_teacher_setting_invalidates_that_teacher_only(reproduced: Pipeline):

@@ -34,7 +34,8 @@ def test_single_item_prints_one_json_line(adapter, items, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 1, lines
     answer = json.loads(lines[0])
-    assert {"label", "rationale"} <= set(answer)
+    assert {"label", "score", "rationale"} <= set(answer)
+    assert answer["score"] is None or 0.0 <= answer["score"] <= 1.0
     # A random student rarely follows the answer format; then the raw text is shown and nothing is guessed.
     if answer["label"] is None:
         assert answer["status"] == "unparsed" and "raw_text" in answer
@@ -119,3 +120,24 @@ def test_the_prompt_version_follows_the_adapter_unless_given(adapter, items, tmp
     out = tmp_path / "answers.parquet"
     assert main(["predict", "--items", str(items_file), "--out", str(out), "--adapter", str(copy), *flag]) == 0
     assert pl.read_parquet(out)["prompt_version"].to_list() == [expected] * len(items)
+
+
+def test_the_threshold_is_the_flag_else_the_adapters_val_threshold(adapter, items, world_dir, tmp_path, capsys):
+    """Batch output reports the threshold it labelled with: --threshold, else the one recorded in the adapter by
+    its training stage, else none (the label as written, i.e. score >= 0.5); a threshold outside [0, 1] is refused."""
+    from mmkd.calibration import record_threshold
+
+    calibrated = tmp_path / "adapter"
+    shutil.copytree(adapter, calibrated)
+    out, items_file = tmp_path / "answers.parquet", tmp_path / "items.parquet"
+    items.write_parquet(items_file)  # absolute image paths
+    args = ["predict", "--items", str(items_file), "--out", str(out)]
+    assert main([*args, "--adapter", adapter]) == 0
+    assert json.loads(capsys.readouterr().out)["threshold"] is None
+    record_threshold(calibrated, {"value": 0.7, "rule": "max_accuracy"})
+    assert main([*args, "--adapter", str(calibrated)]) == 0
+    assert json.loads(capsys.readouterr().out)["threshold"] == 0.7
+    assert main([*args, "--adapter", str(calibrated), "--threshold", "0.2"]) == 0
+    assert json.loads(capsys.readouterr().out)["threshold"] == 0.2
+    with pytest.raises(SystemExit, match="--threshold 1.5"):
+        main([*args, "--adapter", adapter, "--threshold", "1.5"])

@@ -69,11 +69,11 @@ def test_the_score_read_during_generation_equals_the_teacher_forced_one(tiny_mod
 
 
 def test_generation_returns_a_score_per_answer(tiny_models):
-    """``generate(with_scores=True)`` gives (text, score) pairs, the text as without scores; a random tiny model
+    """``generate(score=generated_score)`` gives (text, score) pairs, the text as without scores; a random tiny model
     writes no ``Label:`` field, so its scores are None (never a guess)."""
     model, processor = load_model(str(tiny_models["llava"]))
     prompts, images = [PROMPT, PROMPT + " Answer."], [IMAGE, IMAGE]
     plain = generate(model, processor, prompts, images, max_new_tokens=6)
-    scored = generate(model, processor, prompts, images, max_new_tokens=6, with_scores=True)
+    scored = generate(model, processor, prompts, images, max_new_tokens=6, score=generated_score)
     assert [t for t, _ in scored] == plain
     assert all(s is None or 0.0 <= s <= 1.0 for _, s in scored)

@@ -15,12 +15,16 @@ import yaml
 
 def _predict(args: argparse.Namespace) -> int:
     from mmkd.items import BadItem, check_caption
-    from mmkd.predict import load_predictor, predict_items, read_item_file, trained_prompt_version
+    from mmkd.predict import load_predictor, operating_threshold, predict_items, read_item_file, trained_prompt_version
     from mmkd.schema import items_frame
 
     single = args.image is not None or args.caption is not None
     if single == (args.items is not None):
         raise SystemExit("mmkd predict: give either --image and --caption, or --items FILE --out FILE")
+    try:
+        threshold = operating_threshold(args.adapter, args.threshold)
+    except ValueError as exc:
+        raise SystemExit(f"mmkd predict: {exc}") from None
     predictor = load_predictor(adapter=args.adapter, base=args.base, batch_size=args.batch_size, dtype=args.dtype)
     if args.prompt_version is None:
         args.prompt_version = trained_prompt_version(args.adapter)
@@ -32,24 +36,24 @@ def _predict(args: argparse.Namespace) -> int:
         except BadItem as exc:
             raise SystemExit(f"mmkd predict: {exc}") from None
         items = items_frame([{"id": "cli", "image_path": str(Path(args.image).resolve()), "caption": args.caption}])
-        row = predict_items(predictor, items, args.prompt_version).row(0, named=True)
+        row = predict_items(predictor, items, args.prompt_version, threshold).row(0, named=True)
         if row["status"] == "skipped":
             raise SystemExit(f"mmkd predict: {row['error']}")
-        out = {"label": row["label"], "rationale": row["rationale"]}
+        out = {"label": row["label"], "score": row["score"], "rationale": row["rationale"]}
         if row["status"] != "ok":
             out |= {"status": row["status"], "raw_text": row["raw_text"]}
         print(json.dumps(out))
         return 0
     if args.out is None:
         raise SystemExit("mmkd predict: --items needs --out (a .parquet or .jsonl file)")
-    answers = predict_items(predictor, read_item_file(args.items), args.prompt_version)
+    answers = predict_items(predictor, read_item_file(args.items), args.prompt_version, threshold)
     out = Path(args.out)
     if out.suffix == ".jsonl":
         answers.write_ndjson(out)
     else:
         answers.write_parquet(out)
     counts = dict(answers["status"].value_counts().iter_rows())
-    print(json.dumps({"out": str(out), "n": len(answers), "status": counts}))
+    print(json.dumps({"out": str(out), "n": len(answers), "status": counts, "threshold": threshold}))
     return 0
 
 
@@ -168,6 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--dtype", default="float32", help="float32 (CPU), or bfloat16 on GPU for a 7B student")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument(
+        "--threshold",
+        type=float,
+        help="label falsified when score >= this (default: the val threshold recorded in the adapter, else 0.5)",
+    )
     p.set_defaults(func=_predict)
 
     c = sub.add_parser("compose", help="compose conf/ into params.yaml (what `dvc exp run` does)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import json
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -203,12 +204,11 @@ def generate(
     max_new_tokens: int = 64,
     batch_size: int = 16,
     desc: str = "generate",
-    with_scores: bool = False,
+    score: Callable | None = None,
 ) -> list[str] | list[tuple[str, float | None]]:
     """Greedy answers for (image, prompt) pairs, in batches with left padding; returns the decoded new text, or
-    with ``with_scores`` (text, score) pairs: the score read from generation's own logits at the answer's label
-    slot (mmkd.scoring.generated_score)."""
-    from mmkd.scoring import generated_score
+    with ``score`` (text, score) pairs: ``score(tokenizer, new_ids, step_logits)`` computed from generation's own
+    logits, e.g. mmkd.scoring.generated_score (P(falsified) at the answer's label slot)."""
 
     texts = [processor.apply_chat_template(user_turn(p), add_generation_prompt=True, tokenize=False) for p in prompts]
     out: list = []
@@ -226,15 +226,15 @@ def generate(
             **enc,
             max_new_tokens=max_new_tokens,
             do_sample=False,
-            output_logits=with_scores,
+            output_logits=score is not None,
             return_dict_in_generate=True,
         )
         new = result.sequences[:, enc["input_ids"].shape[1] :]
         texts = [t.strip() for t in processor.batch_decode(new, skip_special_tokens=True)]
-        if not with_scores:
+        if score is None:
             out.extend(texts)
             continue
         for row, text in enumerate(texts):
             steps = [step[row] for step in result.logits]
-            out.append((text, generated_score(processor.tokenizer, new[row].tolist(), steps)))
+            out.append((text, score(processor.tokenizer, new[row].tolist(), steps)))
     return out

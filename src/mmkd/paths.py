@@ -21,10 +21,13 @@ SUPERVISED_BASELINES = ("gold_only", "full_supervision")
 PREDICTIONS = Path("data/predictions")  # evaluate: <model>.parquet, teachers/<teacher>.parquet
 METRICS = Path("metrics")
 CONFUSION = METRICS / "confusion"  # evaluate: <model>.csv, teachers/<teacher>.csv
+ROC = METRICS / "roc"  # evaluate: the ROC curve of each scored system, named as CONFUSION's files
+RELIABILITY = METRICS / "reliability"  # evaluate: the reliability diagram of each scored system, likewise
 DVCLIVE = Path("dvclive")  # training logs: bootstrap/<group>/<model>, stage1, stage2/{sft,dpo}, baselines/<name>
 RUN_LOGS = Path("logs")  # per-run accounting that differs between runs (git-ignored, not a DVC output)
 
-LABELLED_SPLITS = ("train", "test")  # the splits every teacher labels (test answers score the teacher itself)
+# The splits every teacher labels: train (the targets), val (the teacher's own threshold) and test (its score)
+LABELLED_SPLITS = ("train", "val", "test")
 
 
 def split_tables(baseline: str | None = None) -> tuple[Path, Path, Path]:

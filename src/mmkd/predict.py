@@ -53,6 +53,23 @@ def read_item_file(path: str | Path) -> pl.DataFrame:
     raise SchemaError(f"{path}: unsupported item file; use .parquet or .jsonl")
 
 
-def predict_items(predictor: LocalBackend, items: pl.DataFrame, prompt_version: str) -> pl.DataFrame:
-    """Answers (answers schema) of the student to every item."""
-    return label_items(predictor, items, source="student", prompt_version=prompt_version)
+def operating_threshold(adapter: str | None, override: float | None) -> float | None:
+    """The threshold that labels a scored answer: ``override`` (``--threshold``), else the val threshold recorded in
+    the adapter (mmkd.calibration), else None (the label as the model wrote it, i.e. score >= 0.5)."""
+    if override is not None:
+        if not 0.0 <= override <= 1.0:
+            raise ValueError(f"--threshold {override}: give a probability in [0, 1]")
+        return override
+    from mmkd.calibration import recorded_threshold
+
+    return recorded_threshold(adapter)
+
+
+def predict_items(
+    predictor: LocalBackend, items: pl.DataFrame, prompt_version: str, threshold: float | None = None
+) -> pl.DataFrame:
+    """Answers (answers schema) of the student to every item, each with its score; with ``threshold``, a scored
+    answer's label is ``falsified`` when its score is at least the threshold."""
+    from mmkd.calibration import thresholded
+
+    return thresholded(label_items(predictor, items, source="student", prompt_version=prompt_version), threshold)

@@ -13,6 +13,8 @@ threshold on val. Falsified is the positive class throughout.
   ``max_fpr``, maximises accuracy among those whose false-positive rate is at most ``max_fpr``); ties go to the
   higher threshold, the more conservative flag. The candidates are the distinct scores, plus one above them all
   (flag nothing).
+- ``roc_points`` and ``reliability_bins``: the points of the ROC curve and of the reliability diagram (the same
+  bins as the ECE), for DVC plots.
 Items without a score (unparsed answers, a backend with no logprobs) are left out, and ``n_scored`` says how many
 were used.
 """
@@ -20,7 +22,7 @@ were used.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 ECE_BINS = 10
 
@@ -92,3 +94,29 @@ def ranking_metrics(scores, labels) -> dict:
         "brier": brier(scores, labels),
     }
     return {k: (None if v is None else round(v, 6)) for k, v in values.items()} | {"n_scored": len(s)}
+
+
+def roc_points(scores, labels) -> list[tuple[float, float, float]]:
+    """(false-positive rate, true-positive rate, threshold) along the ROC curve; empty when it is undefined."""
+    s, y = _arrays(scores, labels)
+    if len(np.unique(y)) < 2:
+        return []
+    fpr, tpr, thresholds = roc_curve(y, s, drop_intermediate=False)
+    return [(float(f), float(t), float(min(h, 1.0))) for f, t, h in zip(fpr, tpr, thresholds, strict=True)]
+
+
+def reliability_bins(scores, labels, bins: int = ECE_BINS) -> list[dict]:
+    """Per non-empty bin of the ECE: its range, its items' mean score and fraction falsified, and their count."""
+    s, y = _arrays(scores, labels)
+    index = np.minimum((s * bins).astype(int), bins - 1)
+    return [
+        {
+            "bin_low": round(b / bins, 6),
+            "bin_high": round((b + 1) / bins, 6),
+            "mean_score": round(float(s[index == b].mean()), 6),
+            "fraction_falsified": round(float(y[index == b].mean()), 6),
+            "n": int((index == b).sum()),
+        }
+        for b in range(bins)
+        if (index == b).any()
+    ]

@@ -1,4 +1,5 @@
-"""An offline report of a pipeline run: the metrics table, confusion matrices and training curves.
+"""An offline report of a pipeline run: the metrics table, ranking and calibration of the scores, confusion
+matrices, ROC curves, reliability diagrams and training curves.
 
 ``dvc plots show`` writes HTML that fetches vega from a CDN, which does not render without a network. This report
 is one self-contained HTML file (inline SVG, no scripts), and the metrics table is also printed as Markdown for
@@ -23,6 +24,31 @@ CURVES = {  # title -> dvclive directory (relative to the repo root)
 
 
 TABLE_KEYS = ("accuracy", "accuracy_ci95", *METRIC_KEYS[1:])
+# The scores' table: ranking and calibration as fractions, the threshold chosen on val, accuracies in %
+RANKING_COLUMNS = {
+    "auroc": "AUROC",
+    "auprc": "AUPRC",
+    "ece": "ECE",
+    "brier": "Brier",
+    "threshold": "threshold (val)",
+    "accuracy_at_half": "accuracy @ 0.5",
+    "accuracy_at_threshold": "accuracy @ threshold",
+}
+
+
+def _fmt_ranking(key: str, value) -> str:
+    if value is None:
+        return "-"
+    return f"{100 * value:.1f}" if key.startswith("accuracy") else f"{value:.3f}"
+
+
+def ranking_rows(evaluate: dict) -> list[tuple[str, list[str]]]:
+    """(system, formatted RANKING_COLUMNS) for every system that has scores."""
+    return [
+        (name, [_fmt_ranking(k, m.get(k)) for k in RANKING_COLUMNS])
+        for name, m in metrics_rows(evaluate)
+        if m.get("n_scored")
+    ]
 
 
 def metrics_rows(evaluate: dict) -> list[tuple[str, dict]]:
@@ -66,6 +92,15 @@ def markdown_table(evaluate: dict, split: dict | None = None) -> str:
             "only the other right |\n|---|---:|---:|---:|---:|\n"
         )
         body += "".join("| " + " | ".join(r) + " |\n" for r in rows)
+    if rows := ranking_rows(evaluate):
+        body += (
+            "\n| scores of | "
+            + " | ".join(RANKING_COLUMNS.values())
+            + " |\n|---|"
+            + "---:|" * len(RANKING_COLUMNS)
+            + "\n"
+        )
+        body += "".join(f"| {n} | " + " | ".join(cells) + " |\n" for n, cells in rows)
     if split:
         rule = split.get("selection", {}).get("rule", "conflict")
         body += (
@@ -75,22 +110,35 @@ def markdown_table(evaluate: dict, split: dict | None = None) -> str:
     return head + body
 
 
-def _svg_curve(points: list[tuple[float, float]], width: int = 360, height: int = 160) -> str:
+def _svg_curve(
+    points: list[tuple[float, float]],
+    width: int = 360,
+    height: int = 160,
+    x_name: str = "step",
+    unit_square: bool = False,
+) -> str:
+    """A line through ``points``; ``unit_square`` draws both axes over [0, 1] (ROC, reliability), with the
+    diagonal for reference."""
     if not points:
         return "<p>(no data)</p>"
     xs, ys = [p[0] for p in points], [p[1] for p in points]
-    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+    x0, x1, y0, y1 = (0.0, 1.0, 0.0, 1.0) if unit_square else (min(xs), max(xs), min(ys), max(ys))
     sx = (width - 50) / ((x1 - x0) or 1)
     sy = (height - 30) / ((y1 - y0) or 1)
     path = " ".join(f"{40 + (x - x0) * sx:.1f},{height - 20 - (y - y0) * sy:.1f}" for x, y in points)
     return (
         f'<svg width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg">'
         f'<rect width="{width}" height="{height}" fill="white" stroke="#ccc"/>'
-        f'<polyline fill="none" stroke="#1f77b4" stroke-width="1.5" points="{path}"/>'
+        + (
+            f'<line x1="40" y1="{height - 20}" x2="{width - 10}" y2="10" stroke="#bbb" stroke-dasharray="3"/>'
+            if unit_square
+            else ""
+        )
+        + f'<polyline fill="none" stroke="#1f77b4" stroke-width="1.5" points="{path}"/>'
         f'<text x="2" y="14" font-size="10">{y1:.3g}</text>'
         f'<text x="2" y="{height - 20}" font-size="10">{y0:.3g}</text>'
-        f'<text x="40" y="{height - 4}" font-size="10">step {x0:g}</text>'
-        f'<text x="{width - 60}" y="{height - 4}" font-size="10">step {x1:g}</text></svg>'
+        f'<text x="40" y="{height - 4}" font-size="10">{x_name} {x0:g}</text>'
+        f'<text x="{width - 70}" y="{height - 4}" font-size="10">{x_name} {x1:g}</text></svg>'
     )
 
 
@@ -131,6 +179,19 @@ def html_report(root: str | Path = ".") -> str:
         )
         parts += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows]
         parts.append("</table>")
+    if rows := ranking_rows(evaluate):
+        parts.append(
+            "<h2>Scores: ranking and calibration (test)</h2><table><tr><th>system</th>"
+            + "".join(f"<th>{html.escape(c)}</th>" for c in RANKING_COLUMNS.values())
+            + "</tr>"
+        )
+        parts += [
+            f"<tr><th>{html.escape(n)}</th>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>" for n, cells in rows
+        ]
+        parts.append(
+            "</table><p>score = P(falsified) at the answer's label slot; falsified is the positive class. ECE: 10 "
+            "equal-width bins. The threshold is chosen on val (best accuracy, or a false-positive budget).</p>"
+        )
     if split:
         parts.append(f"<p>Gold labels used: {split['gold_labels_read']} of {split['n_items']} training items.</p>")
     parts.append("<h2>Training loss</h2>")
@@ -144,5 +205,22 @@ def html_report(root: str | Path = ".") -> str:
     for csv in sorted(confusion.rglob("*.csv")):
         name = str(csv.relative_to(confusion).with_suffix(""))
         parts.append(f"<h3>{html.escape(name)}</h3>" + _confusion_table(csv))
+    for title, folder, x, y in (
+        ("ROC curves (test; x: false-positive rate, y: true-positive rate)", "metrics/roc", "fpr", "tpr"),
+        (
+            "Reliability diagrams (test; x: mean score of a bin, y: fraction falsified in it)",
+            "metrics/reliability",
+            "mean_score",
+            "fraction_falsified",
+        ),
+    ):
+        curves = sorted((root / folder).rglob("*.csv")) if (root / folder).is_dir() else []
+        if curves:
+            parts.append(f"<h2>{html.escape(title)}</h2>")
+        for csv in curves:
+            df = pl.read_csv(csv)
+            name = str(csv.relative_to(root / folder).with_suffix(""))
+            points = list(zip(df[x], df[y], strict=True)) if len(df) else []
+            parts.append(f"<h3>{html.escape(name)}</h3>" + _svg_curve(points, x_name=x, unit_square=True))
     parts.append("</body></html>")
     return "\n".join(parts)

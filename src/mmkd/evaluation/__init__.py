@@ -1,5 +1,7 @@
 """Scoring answers against gold labels with mmkd's own ``evaluate`` metric module, loaded by local path, with a
-95 % confidence interval for each accuracy and paired comparisons (``mmkd.evaluation.significance``)."""
+95 % confidence interval for each accuracy and paired comparisons (``mmkd.evaluation.significance``); and, for
+systems whose answers carry a score, ranking and calibration (``mmkd.ranking``) and accuracy at the val-chosen
+threshold (``mmkd.calibration``)."""
 
 from __future__ import annotations
 
@@ -9,10 +11,17 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from mmkd.calibration import thresholded
 from mmkd.evaluation.significance import mcnemar_exact, paired_bootstrap, wilson_interval
+from mmkd.ranking import ranking_metrics, reliability_bins, roc_points
+from mmkd.schema import FALSIFIED
 
 METRIC_KEYS = ("accuracy", "accuracy_falsified", "accuracy_pristine", "macro_f1", "unparsed_rate", "n")
 SYSTEM_KEYS = (*METRIC_KEYS, "accuracy_ci95", "coverage")  # what ``score`` reports for each system
+# What ``score_ranked`` adds: ranking and calibration of the scores (null without scores), accuracy with the rule
+# score >= 0.5 and at the val-chosen threshold (whose value and rule it also reports)
+RANKING_KEYS = ("auroc", "auprc", "ece", "brier", "n_scored")
+THRESHOLD_KEYS = ("accuracy_at_half", "accuracy_at_threshold", "threshold", "threshold_rule")
 BOOTSTRAP_SAMPLES = 2000  # resamples of the test items for a paired accuracy difference
 MODULE_DIR = Path(__file__).parent / "modules" / "ooc_accuracy"
 
@@ -81,3 +90,50 @@ def confusion_rows(answers: pl.DataFrame, gold: pl.DataFrame) -> pl.DataFrame:
     return gold.join(predicted(answers), on="id", how="left").select(
         pl.col("gold_label").alias("actual"), pl.col("prediction").alias("predicted")
     )
+
+
+def scores_and_labels(answers: pl.DataFrame, gold: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Per gold item, in gold's order: the answer's score (NaN without one) and 1 for falsified, 0 for pristine."""
+    joined = gold.join(answers.select("id", "score"), on="id", how="left", maintain_order="left")
+    return (
+        joined["score"].fill_null(float("nan")).to_numpy().astype(float),
+        (joined["gold_label"] == FALSIFIED).to_numpy().astype(float),
+    )
+
+
+def _accuracy(answers: pl.DataFrame, gold: pl.DataFrame) -> float:
+    return round(float(correct(answers, gold).mean()), 6) if len(gold) else None
+
+
+def score_ranked(answers: pl.DataFrame, gold: pl.DataFrame, threshold: dict | None = None) -> dict:
+    """``score``'s metrics plus the scores' ranking and calibration (AUROC, AUPRC, ECE, Brier over the scored
+    items; null where none is scored), accuracy with the rule ``score >= 0.5`` and at ``threshold`` (a val
+    calibration, mmkd.calibration.calibrate; chosen without these labels)."""
+    metrics = score(answers, gold)
+    scores, labels = scores_and_labels(answers, gold)
+    metrics |= ranking_metrics(scores, labels)
+    scored = metrics["n_scored"] > 0
+    value = (threshold or {}).get("value")
+    metrics["accuracy_at_half"] = _accuracy(thresholded(answers, 0.5), gold) if scored else None
+    metrics["accuracy_at_threshold"] = _accuracy(thresholded(answers, value), gold) if value is not None else None
+    metrics["threshold"] = value
+    metrics["threshold_rule"] = (threshold or {}).get("rule") if value is not None else None
+    return metrics
+
+
+def roc_rows(answers: pl.DataFrame, gold: pl.DataFrame) -> pl.DataFrame:
+    """The ROC curve of one system's scores (fpr, tpr, threshold) for a DVC plot; no rows without scores."""
+    points = roc_points(*scores_and_labels(answers, gold))
+    return pl.DataFrame(points, schema={"fpr": pl.Float64, "tpr": pl.Float64, "threshold": pl.Float64}, orient="row")
+
+
+def reliability_rows(answers: pl.DataFrame, gold: pl.DataFrame) -> pl.DataFrame:
+    """The reliability diagram of one system's scores (one row per non-empty ECE bin) for a DVC plot."""
+    schema = {
+        "bin_low": pl.Float64,
+        "bin_high": pl.Float64,
+        "mean_score": pl.Float64,
+        "fraction_falsified": pl.Float64,
+        "n": pl.Int64,
+    }
+    return pl.DataFrame(reliability_bins(*scores_and_labels(answers, gold)), schema=schema)

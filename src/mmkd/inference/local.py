@@ -90,6 +90,7 @@ class LocalBackend:
         self, requests: Iterable[InferenceRequest], on_reply: ReplyCallback | None = None
     ) -> list[InferenceReply]:
         from mmkd.modeling import generate
+        from mmkd.scoring import generated_score
 
         replies: list[InferenceReply] = []
         size = self.config.batch_size
@@ -104,7 +105,7 @@ class LocalBackend:
                 max_new_tokens=self.config.max_new_tokens,
                 batch_size=size,
                 desc=self.name,
-                with_scores=True,
+                score=generated_score,
             )
             for r, (text, score) in zip(batch, answers, strict=True):
                 replies.append(InferenceReply(item_id=r.item_id, text=text, score=score))
