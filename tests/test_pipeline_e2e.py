@@ -250,7 +250,7 @@ def test_second_repro_labels_from_what_it_has_and_runs_nothing_else(reproduced: 
 
 def test_thresholds_are_chosen_without_the_test_labels(reproduced: Pipeline):
     """Flip every test label and evaluate again: every system's accuracy changes, no threshold does (they come
-    from val). Then DVC restores the real labels and outputs."""
+    from val). Then DVC and git restore the real labels and outputs."""
     import polars as pl
 
     repo = reproduced.repo
@@ -264,7 +264,8 @@ def test_thresholds_are_chosen_without_the_test_labels(reproduced: Pipeline):
         run(repo, reproduced.env, sys.executable, "stages/eval.py")
         after = read_json(repo / "metrics/evaluate.json")
     finally:
-        dvc(reproduced, "checkout", "--force")
+        dvc(reproduced, "checkout", "--force")  # the cached outputs: test gold, predictions
+        git(reproduced, "checkout", "--", "metrics")  # the metrics and plot data (in git, not in the cache)
     systems = ["zero_shot", "stage1", "stage2", *(f"teachers.{t}" for t in TEACHERS)]
     systems += [f"baselines.{b}" for b in ("random_budget", "gold_only")]
     for name in systems:
