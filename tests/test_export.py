@@ -265,7 +265,9 @@ def test_model_card_has_front_matter_and_quotes_the_run(chain, tmp_path):
     metrics.write_text(json.dumps(METRICS))
     params.write_text(yaml.safe_dump(PARAMS))
     out = tmp_path / "export"
-    export_model(chain("llava"), out, metrics_path=metrics, params_path=params, base_model_id="llava-hf/tiny")
+    export_model(
+        chain("llava"), out, metrics_path=metrics, params_path=params, base_model_id="llava-hf/tiny", system="stage2"
+    )
     card = (out / "README.md").read_text()
 
     front = front_matter(card)
@@ -286,11 +288,26 @@ def test_model_card_without_metrics_or_params_says_so(chain, tmp_path):
     metrics = tmp_path / "evaluate.json"
     metrics.write_text(json.dumps({"stage1": {"accuracy": 0.5}}))  # no entry for this Stage-2 export
     out = tmp_path / "export"
-    export_model(chain("llava"), out, metrics_path=metrics, params_path=tmp_path / "absent.yaml")
+    export_model(chain("llava"), out, metrics_path=metrics, params_path=tmp_path / "absent.yaml", system="stage2")
     card = (out / "README.md").read_text()
     front = front_matter(card)
     assert "base_model" not in front, "a local base directory is not a Hub id"
     assert "No metrics for `stage2`" in card and "params.yaml was not available" in card
+    export_model(chain("llava"), tmp_path / "other", metrics_path=metrics)  # not a pipeline output: no metrics
+    assert "not one of the pipeline's outputs" in (tmp_path / "other/README.md").read_text()
+
+
+def test_the_card_quotes_the_entry_of_the_pipeline_output_it_exports(monkeypatch, tmp_path):
+    """models/stage1, models/stage2 and models/baselines/<name> are scored under stage1, stage2 and
+    baselines.<name> (a baseline trained on top of Stage 1 must not quote Stage 2's numbers)."""
+    from mmkd.export import pipeline_system
+
+    monkeypatch.chdir(tmp_path)
+    for folder in ("models/stage1", "models/stage2", "models/baselines/random_budget", "elsewhere/stage2"):
+        (tmp_path / folder).mkdir(parents=True)
+    assert pipeline_system("models/stage2") == "stage2" and pipeline_system(tmp_path / "models/stage1") == "stage1"
+    assert pipeline_system("models/baselines/random_budget") == "baselines/random_budget"
+    assert pipeline_system("elsewhere/stage2") is None
 
 
 def test_hashes_follow_the_adapter_weights(chain, tiny_models, tmp_path):

@@ -1,4 +1,5 @@
-"""The ``mmkd`` command line: ``predict`` (one item or a file of items), ``compose`` (conf/ -> params.yaml),
+"""The ``mmkd`` command line: ``predict`` (one item or a file of items), ``export`` (one standalone model directory),
+``compose`` (conf/ -> params.yaml),
 ``report`` (an offline HTML report of a run), ``summarize`` (mean ± sd over experiments, e.g. seeds) and
 ``label-curve`` (the label-efficiency plot from a sweep of experiments)."""
 
@@ -54,6 +55,29 @@ def _predict(args: argparse.Namespace) -> int:
         answers.write_parquet(out)
     counts = dict(answers["status"].value_counts().iter_rows())
     print(json.dumps({"out": str(out), "n": len(answers), "status": counts, "threshold": threshold}))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from mmkd.export import ExportError, export_model
+
+    try:
+        summary = export_model(
+            args.adapter,
+            args.out,
+            base=args.base,
+            threshold=args.threshold,
+            dtype=args.dtype,
+            metrics_path=args.metrics,
+            params_path=args.params,
+            vllm_layout=args.vllm_layout,
+            overwrite=args.overwrite,
+            base_model_id=args.base_model_id,
+        )
+    except (ExportError, ValueError) as exc:
+        raise SystemExit(f"mmkd export: {exc}") from None
+    summary.pop("files")
+    print(json.dumps(summary))
     return 0
 
 
@@ -178,6 +202,26 @@ def main(argv: list[str] | None = None) -> int:
         help="label falsified when score >= this (default: the val threshold recorded in the adapter, else 0.5)",
     )
     p.set_defaults(func=_predict)
+
+    e = sub.add_parser(
+        "export", help="merge an adapter chain into one standalone model directory (transformers, vLLM, a model card)"
+    )
+    e.add_argument("adapter", help="an mmkd adapter directory, e.g. models/stage2")
+    e.add_argument("--out", required=True, help="the model directory to write")
+    e.add_argument("--base", help="base model directory (default: the one the adapter records)")
+    e.add_argument("--threshold", type=float, help="operating threshold (default: the adapter's val threshold)")
+    e.add_argument("--dtype", default="float32", help="dtype of the saved weights (float32, bfloat16, float16)")
+    e.add_argument("--metrics", default="metrics/evaluate.json", help="the run's metrics, quoted in the model card")
+    e.add_argument("--params", default="params.yaml", help="the run's params (data, teachers) for the model card")
+    e.add_argument("--base-model-id", help="the base's Hugging Face Hub id, for the card's base_model")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
+    e.add_argument(
+        "--no-vllm-layout",
+        dest="vllm_layout",
+        action="store_false",
+        help="keep transformers' own vision-tower key names (default: vLLM's, which transformers also loads)",
+    )
+    e.set_defaults(func=_export)
 
     c = sub.add_parser("compose", help="compose conf/ into params.yaml (what `dvc exp run` does)")
     c.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data=demo_ci stage2.dpo.beta=0.2")

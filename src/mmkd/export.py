@@ -137,7 +137,7 @@ def export_model(
             vllm_tower=renamed,
         )
         (tmp / EXPORT_INFO).write_text(json.dumps(export, indent=2) + "\n")
-        system = system or ("stage2" if len(chain) > 1 else "stage1")
+        system = system or pipeline_system(chain[-1])
         card = model_card(
             export, name=out.name, metrics=metrics, params=params, system=system, base_model_id=base_model_id
         )
@@ -473,9 +473,28 @@ def _fmt(value) -> str:
     return f"{value:.3f}" if isinstance(value, int | float) else str(value)
 
 
-def _results_section(metrics: dict | None, system: str, threshold: dict) -> str:
+def pipeline_system(adapter: str | Path) -> str | None:
+    """The entry of ``metrics/evaluate.json`` that scores ``adapter``, when it is one of the pipeline's own
+    outputs (``models/stage1``, ``models/stage2``, ``models/baselines/<name>``): ``stage1``, ``stage2`` or
+    ``baselines/<name>``; None for any other directory (its metrics are not the run's)."""
+    from mmkd import paths
+
+    here = Path(adapter).resolve()
+    for name, path in (("stage1", paths.STAGE1_ADAPTER), ("stage2", paths.STAGE2_ADAPTER)):
+        if here == path.resolve():
+            return name
+    if here.parent == paths.BASELINE_MODELS.resolve():
+        return f"baselines/{here.name}"
+    return None
+
+
+def _results_section(metrics: dict | None, system: str | None, threshold: dict) -> str:
     head = "## Results\n\n"
-    entry = (metrics or {}).get(system)
+    if system is None:
+        return head + "This adapter is not one of the pipeline's outputs, so no run metrics are quoted."
+    entry = metrics or {}
+    for part in system.split("/"):  # baselines/<name> is nested
+        entry = entry.get(part) if isinstance(entry, dict) else None
     if not isinstance(entry, dict) or "accuracy" not in entry:
         return head + f"No metrics for `{system}` were found when this model was exported."
     accuracy = f"{_fmt(entry['accuracy'])}"
