@@ -36,27 +36,35 @@ grows with the number of distinct ids used, not with the size of data.json or of
 
 from __future__ import annotations
 
-import json
 import logging
-import reprlib
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import ijson
-import polars as pl
-import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from mmkd.data import PrepareInputError, Problem
 from mmkd.data.evidence import EvidenceLimits, EvidenceReader
-from mmkd.data.images import LINK_MODES, ImageLimits, check_image, link_or_copy
 from mmkd.data.json_stream import stream_items
-from mmkd.data.raw_paths import MISSING_IMAGE, Resolved, Root, open_regular
+from mmkd.data.raw_paths import Resolved, Root, open_regular
+from mmkd.data.records import (
+    IMAGES_DIR,
+    REPORT_FILE,
+    Caption,
+    ImageLinker,
+    LinkedImage,
+    PrepareSettings,
+    Report,
+    SplitWriter,
+    check_caption,
+    check_split_name,
+    short_repr,
+)
 from mmkd.data.staging import check_apart, staged_folder
-from mmkd.data.text import clean_text, cut
-from mmkd.schema import FALSIFIED, GOLD_SCHEMA, PRISTINE, items_frame
+from mmkd.schema import FALSIFIED, PRISTINE
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +75,8 @@ SUBSETS: tuple[str, ...] = (
     "semantics_clip_text_image",
     "semantics_clip_text_text",
 )
-REPORT_FILE = "prepare_report.jsonl"
-IMAGES_DIR = "images"
-
-# Reasons of this module (those of images and paths are in mmkd.data.images and mmkd.data.raw_paths).
+# Reasons of this module (those of captions, images and paths are in mmkd.data.records, mmkd.data.images and
+# mmkd.data.raw_paths).
 BAD_ANNOTATION = "bad_annotation"
 DUPLICATE_ANNOTATION = "duplicate_annotation"
 SPLIT_OVERLAP = "split_overlap"
@@ -78,25 +84,19 @@ UNKNOWN_CAPTION_ID = "unknown_caption_id"
 UNKNOWN_IMAGE_ID = "unknown_image_id"
 BAD_VISUALNEWS_RECORD = "bad_visualnews_record"
 DUPLICATE_VISUALNEWS_ID = "duplicate_visualnews_id"
-EMPTY_CAPTION = "empty_caption"
-CAPTION_CLEANED = "caption_cleaned"
-CAPTION_CUT = "caption_cut"
-IMAGE_PATH_COLLISION = "image_path_collision"
-
-BATCH_ROWS = 4096  # items per Parquet write
-_short = reprlib.Repr()  # a bounded repr for messages: deep or huge records never recurse or flood the report
-_short.maxlevel, _short.maxdict, _short.maxlist, _short.maxstring, _short.maxother = 3, 6, 6, 80, 80
 
 
 @dataclass(frozen=True)
-class NewsClippingsSettings:
+class NewsClippingsSettings(PrepareSettings):
     """Where the raw NewsCLIPpings files are (``data.prepare.<name>`` in params.yaml) and how strict to be.
 
     Every path except ``raw`` and ``link_roots`` is relative to ``raw``, the folder the ``prepare`` stage depends on
-    (so a change to any raw input re-runs it). The defaults are the layout of the NewsCLIPpings and CCN
-    instructions."""
+    (so a change to any raw input re-runs it): annotations, VisualNews and evidence live below it. The defaults are
+    the layout of the NewsCLIPpings and CCN instructions; ``raw``, the limits and ``link_images`` are those of
+    ``PrepareSettings``."""
 
-    raw: str  # the raw-data folder: annotations, VisualNews and evidence live below it
+    get_data: ClassVar[str] = "README: Running on NewsCLIPpings"
+
     annotations: str = "news_clippings/data"  # holds <subset>/<split>.json
     subset: str = "merged_balanced"  # one of SUBSETS
     visualnews: str = "visual_news/origin/data.json"
@@ -104,19 +104,11 @@ class NewsClippingsSettings:
     evidence: str | None = None  # CCN queries_dataset/<subset> folder, of the same subset; null: no evidence
     splits: tuple[str, ...] = ("train", "val", "test")
     limit: int | None = None  # keep only the first `limit` annotations of each split (smoke runs); null: all
-    max_image_bytes: int = 25 * 2**20
-    max_image_pixels: int = 40_000_000  # e.g. 8000 x 5000
-    max_aspect_ratio: float = 100.0  # longer / shorter side; Qwen2-VL refuses over 200, and such strips are banners
-    min_image_side: int = 16  # pixels of the shorter side; smaller images (icons, tracking pixels) show no scene
-    max_caption_chars: int = 2000  # longer captions are cut (and reported): the caption goes into every prompt
     allow_split_overlap: bool = False  # the same (caption id, image id) in two splits is an error unless true
-    link_roots: tuple[str, ...] = (".dvc/cache",)  # folders outside `raw` that its symbolic links may point into
-    link_images: str = "hardlink"  # hardlink (falls back to copy across file systems) or copy
     evidence_limits: EvidenceLimits = field(default_factory=EvidenceLimits)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "splits", tuple(self.splits))
-        object.__setattr__(self, "link_roots", tuple(self.link_roots))
         if isinstance(self.evidence_limits, dict):
             object.__setattr__(self, "evidence_limits", EvidenceLimits(**self.evidence_limits))
         if self.subset not in SUBSETS:
@@ -124,31 +116,14 @@ class NewsClippingsSettings:
         if not self.splits or len(set(self.splits)) != len(self.splits):
             raise ValueError(f"splits {self.splits} must be distinct and non-empty (e.g. [train, val, test])")
         for split in self.splits:
-            if not split or not split.replace("_", "").isalnum():
-                raise ValueError(f"split name {split!r} must be letters, digits and underscores (it names files)")
+            check_split_name(split)
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be a positive number of annotations or null, got {self.limit}")
-        if min(self.max_image_bytes, self.max_image_pixels, self.min_image_side, self.max_caption_chars) < 1:
-            raise ValueError(
-                "max_image_bytes, max_image_pixels, min_image_side and max_caption_chars must be positive"
-            )
-        if self.max_aspect_ratio < 1:
-            raise ValueError(
-                f"max_aspect_ratio is longer side / shorter side, at least 1; got {self.max_aspect_ratio}"
-            )
-        if self.link_images not in LINK_MODES:
-            raise ValueError(f"link_images {self.link_images!r}: use one of {LINK_MODES}")
-
-    def path(self, relative: str) -> Path:
-        """A raw input's path: ``relative`` under ``raw``."""
-        return Path(self.raw) / relative
+        super().__post_init__()
 
     def annotation_file(self, split: str) -> Path:
         """The NewsCLIPpings annotation file of one split."""
         return self.path(self.annotations) / self.subset / f"{split}.json"
-
-    def image_limits(self) -> ImageLimits:
-        return ImageLimits(self.max_image_bytes, self.max_image_pixels, self.max_aspect_ratio, self.min_image_side)
 
 
 @dataclass(frozen=True)
@@ -179,24 +154,10 @@ def _check_evidence_subset(settings: NewsClippingsSettings) -> None:
 def _check_inputs(settings: NewsClippingsSettings) -> _Inputs:
     """Fail before any work when a whole input is missing, is not a regular file (or folder), or leaves ``raw``."""
     _check_evidence_subset(settings)
-    if not Path(settings.raw).is_dir():
-        raise PrepareInputError(
-            f"the raw folder {settings.raw} does not exist (data.prepare.<name>.raw); get the data (README: Running "
-            "on NewsCLIPpings) or fix the path in conf/data/"
-        )
-    raw = Root.of("raw folder", settings.raw, tuple(Path(p) for p in settings.link_roots))
+    raw = settings.raw_root()
 
     def need(relative: str, key: str, folder: bool) -> Resolved:
-        found = raw.resolve(relative, folder=folder)
-        if isinstance(found, Resolved):
-            return found
-        kind = "folder" if folder else "file"
-        if found.reason == MISSING_IMAGE:
-            raise PrepareInputError(
-                f"{settings.path(relative)} does not exist (a {kind}, from data.prepare.<name>.{key} under "
-                f"raw={settings.raw}); get the data (README: Running on NewsCLIPpings) or fix the path in conf/data/"
-            )
-        raise PrepareInputError(f"{found.detail} (a {kind}, from data.prepare.<name>.{key}); {found.fix}")
+        return settings.require(raw, relative, key, folder)
 
     annotations = {
         split: need(f"{settings.annotations}/{settings.subset}/{split}.json", "annotations", False)
@@ -243,7 +204,7 @@ def _annotation_ids(annotation: object) -> tuple[int, int, bool] | str:
     ):
         value = annotation.get(key)
         if not ok(value):
-            found = "missing" if key not in annotation else f"a {type(value).__name__} ({_short.repr(value)})"
+            found = "missing" if key not in annotation else f"a {type(value).__name__} ({short_repr.repr(value)})"
             return f"{key} is {found}, not {want}"
     return annotation["id"], annotation["image_id"], annotation["falsified"]
 
@@ -294,45 +255,15 @@ def _scan_split(settings: NewsClippingsSettings, split: str, file: Resolved, wan
 
 @dataclass(frozen=True)
 class _Record:
-    """What an item needs of one VisualNews record: the cleaned caption (or why there is none) and the image path."""
+    """What an item needs of one VisualNews record: the checked caption and the image path."""
 
-    caption: str | None
-    caption_problem: Problem | None  # why the caption cannot be used (drops the item)
-    caption_notes: tuple[Problem, ...]  # how the caption was changed (reported, item kept)
+    caption: Caption
     image_path: object
 
 
 def _record(record_id: int, record: dict, max_chars: int) -> _Record:
-    caption, image_path = record.get("caption"), record.get("image_path")
-    if not isinstance(caption, str):
-        found = f"{type(caption).__name__}: {_short.repr(caption)}" if caption is not None else "none"
-        detail = f"VisualNews record {record_id} has no caption string (found {found})"
-        return _Record(None, Problem(EMPTY_CAPTION, detail, "fix the record in data.json"), (), image_path)
-    cleaned = clean_text(caption)
-    notes = []
-    if cleaned.changes:
-        notes.append(
-            Problem(
-                CAPTION_CLEANED,
-                f"caption of VisualNews record {record_id}: {', '.join(cleaned.changes)}",
-                "nothing to do unless data.json is corrupt; the item is kept with the cleaned caption",
-            )
-        )
-    if not cleaned.text:
-        detail = f"VisualNews record {record_id} has no caption ({_short.repr(caption)})"
-        return _Record(None, Problem(EMPTY_CAPTION, detail, "fix the record in data.json"), (), image_path)
-    text = cleaned.text
-    if len(text) > max_chars:
-        notes.append(
-            Problem(
-                CAPTION_CUT,
-                f"caption of VisualNews record {record_id} has {len(text)} characters; cut to {max_chars} "
-                "(max_caption_chars)",
-                "check the record in data.json, or raise data.prepare.<name>.max_caption_chars",
-            )
-        )
-        text = cut(text, max_chars)
-    return _Record(text, None, tuple(notes), image_path)
+    caption = check_caption(record.get("caption"), f"VisualNews record {record_id}", "data.json", max_chars)
+    return _Record(caption, record.get("image_path"))
 
 
 def _visualnews_records(
@@ -355,14 +286,6 @@ def _visualnews_records(
     return records, duplicates
 
 
-@dataclass(frozen=True)
-class _Image:
-    """The outcome of checking one VisualNews image (each image file is checked and linked once)."""
-
-    out_path: str | None  # relative to out_dir
-    problem: Problem | None
-
-
 class _Preparer:
     """One run: the VisualNews records in use, the images checked so far, the report file and the counts."""
 
@@ -370,71 +293,27 @@ class _Preparer:
         self.settings, self.out_dir, self.report = settings, out_dir, report
         self.records: dict[int, _Record] = records
         self.duplicates: dict[int, tuple[int, bool]] = duplicates
-        self.image_root = inputs.image_root
-        self.limits = settings.image_limits()
-        self.images: dict[int, _Image] = {}  # by VisualNews image id
-        self.targets: dict[str, _Image] = {}  # by normalised image path: ./a/1.jpg, a//1.jpg, a\1.jpg are one
-        self.links: Counter[str] = Counter()
-        self.problems: Counter[tuple[str, bool, str]] = Counter()  # (split, dropped, reason) -> count
-        self.examples: dict[str, list[str]] = {}  # split -> the first few reasons items were dropped
+        self.linker = ImageLinker(inputs.image_root, settings.image_limits(), out_dir, settings.link_images)
+        self.images: dict[int, LinkedImage] = {}  # by VisualNews image id
         self.kept_pairs: dict[tuple[int, int], str] = {}  # (caption id, image id) -> the first item made of it
         self.overlaps: list[tuple[str, str, tuple[int, int]]] = []  # (earlier item, later item, pair)
 
     def record_problem(self, split: str, index: int, problem: Problem, *, dropped: bool) -> None:
-        """Count a problem and append it to the report: the item, the reason, whether it was left out, the fix."""
-        self.problems[split, dropped, problem.reason] += 1
-        item_id = f"{split}-{index:06d}"
-        if dropped and len(self.examples.setdefault(split, [])) < 3:
-            self.examples[split].append(f"{item_id}: {problem.reason} ({problem.detail})")
-        row = {
-            "split": split,
-            "index": index,
-            "item_id": item_id,
-            "reason": problem.reason,
-            "dropped": dropped,
-            "path": problem.path,
-            "detail": problem.detail,
-            "fix": problem.fix,
-        }
-        self.report.write(json.dumps(row) + "\n")
+        """Count a problem and append it to the report (``mmkd.data.records.Report``)."""
+        self.report.add(split, index, f"{split}-{index:06d}", problem, dropped=dropped)
 
-    def counts(self, split: str, dropped: bool, evidence: bool | None = None) -> dict[str, int]:
-        """Problem counts of a split by reason; ``evidence`` True/False: only evidence reasons / only the others."""
-        return {
-            r: n
-            for (s, d, r), n in sorted(self.problems.items())
-            if s == split and d == dropped and (evidence is None or r.startswith("evidence_") == evidence)
-        }
-
-    def image(self, image_id: int) -> _Image:
+    def image(self, image_id: int) -> LinkedImage:
         """Check (once per image) that the record's image is usable, and link it into out_dir/images."""
         if image_id not in self.images:
             self.images[image_id] = self._link_image(image_id)
         return self.images[image_id]
 
-    def _link_image(self, image_id: int) -> _Image:
+    def _link_image(self, image_id: int) -> LinkedImage:
         image_path = self.records[image_id].image_path
         if not isinstance(image_path, str):
-            detail = f"VisualNews record {image_id} has no image_path string ({_short.repr(image_path)})"
-            return _Image(None, Problem(BAD_VISUALNEWS_RECORD, detail, "fix the record in data.json"))
-        found = self.image_root.resolve(image_path)
-        if isinstance(found, Problem):
-            return _Image(None, replace(found, path=image_path))
-        if found.relative not in self.targets:  # another record may spell the same file otherwise
-            self.targets[found.relative] = self._check_and_link(found, image_path)
-        return self.targets[found.relative]
-
-    def _check_and_link(self, found: Resolved, image_path: str) -> _Image:
-        problem = check_image(found, self.limits)
-        if problem is not None:
-            return _Image(None, replace(problem, path=image_path))
-        out_path = f"{IMAGES_DIR}/{found.relative}"
-        try:
-            self.links[link_or_copy(found, self.out_dir / out_path, self.settings.link_images)] += 1
-        except (FileExistsError, NotADirectoryError) as exc:  # e.g. A/1.jpg and a/1.jpg on a case-blind disk
-            detail = f"{out_path} cannot be written: another image is already there ({exc})"
-            return _Image(None, Problem(IMAGE_PATH_COLLISION, detail, "rename one of the images", image_path))
-        return _Image(out_path, None)
+            detail = f"VisualNews record {image_id} has no image_path string ({short_repr.repr(image_path)})"
+            return LinkedImage(None, Problem(BAD_VISUALNEWS_RECORD, detail, "fix the record in data.json"))
+        return self.linker.link(image_path)
 
     def item(
         self, split: str, index: int, annotation: object, scan: _SplitScan, evidence: EvidenceReader | None
@@ -443,7 +322,7 @@ class _Preparer:
         problem that leaves it out, [])``."""
         ids = _annotation_ids(annotation)
         if isinstance(ids, str):
-            detail = f"annotation {index}: {ids}: {_short.repr(annotation)}"
+            detail = f"annotation {index}: {ids}: {short_repr.repr(annotation)}"
             return None, Problem(BAD_ANNOTATION, detail, "fix or remove the annotation"), []
         caption_id, image_id, falsified = ids
         if index in scan.duplicates:
@@ -463,13 +342,13 @@ class _Preparer:
                     ),
                     [],
                 )
-        record = self.records[caption_id]
-        if record.caption_problem is not None:
-            return None, record.caption_problem, []
+        caption = self.records[caption_id].caption
+        if caption.problem is not None:
+            return None, caption.problem, []
         image = self.image(image_id)
         if image.problem is not None:
             return None, image.problem, []
-        notes = list(record.caption_notes)
+        notes = list(caption.notes)
         for vn_id in dict.fromkeys((caption_id, image_id)):
             if vn_id in self.duplicates:
                 count, differ = self.duplicates[vn_id]
@@ -485,7 +364,7 @@ class _Preparer:
         row = {
             "id": item_id,
             "image_path": image.out_path,
-            "caption": record.caption,
+            "caption": caption.text,
             "gold_label": FALSIFIED if falsified else PRISTINE,
         }
         if evidence is not None:
@@ -495,36 +374,6 @@ class _Preparer:
             if found is not None:
                 row |= {"evidence_entities": found.entities, "evidence_captions": found.captions}
         return row, None, notes
-
-
-class _SplitWriter:
-    """Items and gold labels of one split, written in batches (so a large split is never whole in memory)."""
-
-    def __init__(self, out_dir: Path, split: str):
-        self.items_file, self.gold_file = out_dir / f"{split}.parquet", out_dir / f"{split}.gold.parquet"
-        self.rows: list[dict] = []
-        self.writers: dict[Path, pq.ParquetWriter] = {}
-
-    def add(self, row: dict) -> None:
-        self.rows.append(row)
-        if len(self.rows) >= BATCH_ROWS:
-            self.flush()
-
-    def flush(self) -> None:
-        items = items_frame([{k: v for k, v in r.items() if k != "gold_label"} for r in self.rows])
-        gold = pl.DataFrame([{"id": r["id"], "gold_label": r["gold_label"]} for r in self.rows], schema=GOLD_SCHEMA)
-        for path, frame in ((self.items_file, items), (self.gold_file, gold)):
-            table = frame.to_arrow()
-            if path not in self.writers:
-                self.writers[path] = pq.ParquetWriter(path, table.schema)
-            self.writers[path].write_table(table)
-        self.rows = []
-
-    def close(self) -> None:
-        if self.rows or not self.writers:  # an empty split still gets (empty) files with the schema
-            self.flush()
-        for writer in self.writers.values():
-            writer.close()
 
 
 def _annotations(file: Resolved, limit: int | None) -> Iterator[tuple[int, object]]:
@@ -545,7 +394,7 @@ def prepare_newsclippings(settings: NewsClippingsSettings, out_dir: str | Path) 
     reported change or warning: a cut caption, a duplicate VisualNews id, ...; present only when there are any)."""
     out_dir = Path(out_dir)
     inputs = _check_inputs(settings)
-    apart = {"raw": Path(settings.raw)} | {f"link_roots ({p})": p for p in inputs.link_roots}
+    apart = settings.apart(inputs.link_roots)
     apart |= {f"annotations ({split})": f.real for split, f in inputs.annotation_files.items()}
     apart |= {"visualnews": inputs.visualnews.real, "image_root": inputs.image_root.real}
     if inputs.evidence is not None:
@@ -575,21 +424,20 @@ def prepare_newsclippings(settings: NewsClippingsSettings, out_dir: str | Path) 
     summary: dict = {"subset": settings.subset, "evidence": settings.evidence is not None, "splits": {}}
     with staged_folder(out_dir) as build, open(build / REPORT_FILE, "w") as report:
         (build / IMAGES_DIR).mkdir()
-        preparer = _Preparer(settings, inputs, build, records, duplicates, report)
+        preparer = _Preparer(settings, inputs, build, records, duplicates, Report(report))
         for split in settings.splits:
             summary["splits"][split] = _prepare_split(preparer, split, scans[split], evidence[split], inputs)
             _log_split(split, summary["splits"][split], out_dir / REPORT_FILE)
         _check_overlap(settings, preparer.overlaps)
         for split, counts in summary["splits"].items():
             if counts["items"] == 0:
-                examples = "; ".join(preparer.examples.get(split, []))
+                examples = "; ".join(preparer.report.examples.get(split, []))
                 raise PrepareInputError(
                     f"split {split}: none of its {counts['annotations']} annotations became an item "
                     f"({counts['dropped_by_reason']}; e.g. {examples}); nothing was written. Fix the inputs "
                     "these reasons name (docs/newsclippings.md lists each reason)"
                 )
-        used = sum(1 for image in preparer.targets.values() if image.problem is None)
-        summary["images"] = {"distinct_used": used, **dict(sorted(preparer.links.items()))}
+        summary["images"] = preparer.linker.summary()
     return summary
 
 
@@ -611,7 +459,7 @@ def _prepare_split(
     preparer: _Preparer, split: str, scan: _SplitScan, evidence: EvidenceReader | None, inputs: _Inputs
 ) -> dict:
     """Pass 3 over one split: write its items and gold labels, report its problems; return its counts."""
-    writer = _SplitWriter(preparer.out_dir, split)
+    writer = SplitWriter(preparer.out_dir, split)
     annotations, with_evidence, labels = 0, 0, Counter()
     file = inputs.annotation_files[split]
     for index, annotation in tqdm(_annotations(file, preparer.settings.limit), desc=f"prepare {split}", unit=" items"):
@@ -626,8 +474,8 @@ def _prepare_split(
         labels[row["gold_label"]] += 1
         with_evidence += row.get("evidence_entities") is not None
     writer.close()
-    dropped = preparer.counts(split, dropped=True)
-    warnings = preparer.counts(split, dropped=False, evidence=False)
+    dropped = preparer.report.counts(split, dropped=True)
+    warnings = preparer.report.counts(split, dropped=False, evidence=False)
     counts = {
         "annotations": annotations,
         "items": sum(labels.values()),
@@ -635,7 +483,7 @@ def _prepare_split(
         "dropped": sum(dropped.values()),
         "dropped_by_reason": dropped,
         "with_evidence": with_evidence,
-        "evidence_problems": preparer.counts(split, dropped=False, evidence=True),
+        "evidence_problems": preparer.report.counts(split, dropped=False, evidence=True),
     }
     return counts | ({"kept_with_warnings": warnings} if warnings else {})  # only when there are any
 
