@@ -1,33 +1,52 @@
-"""Small real HTTP servers on 127.0.0.1 for testing and benchmarking server teachers; they run no model.
+"""Small real HTTP servers on 127.0.0.1 for testing and benchmarking server teachers: two that run no model, and a
+launcher for a real model server.
 
 - ``FaultInjectingChatServer``: a **fake** OpenAI-compatible Chat Completions endpoint that returns a canned answer
   after a fixed latency, and injects faults on request: HTTP 500 / 503, 429 with ``Retry-After``, 400 with a
   reason (context length), 401, malformed JSON, a 200 whose text is not an answer (``unparsed``), a hang past the
   client's timeout, or a full answer trickled out one byte per ``trickle_s`` (each byte resets an inactivity
   timer, so only a bound on the whole attempt stops it). It records every request it sees and the peak number in
-  flight.
+  flight. Asked for logprobs, it ignores the request (``logprobs="ignore"``: a 200 without them, as
+  ``transformers serve`` 5.x does), refuses it (``"refuse"``: 422 naming the fields, as ``transformers serve``
+  did before 5.x), or returns a made-up block (``"return"``, see ``fake_logprobs``).
 - ``CountingProxy``: forwards requests to a real server (e.g. ``transformers serve``) and records which prompts
   were asked, so a test can check that no cached item is requested again.
+- ``transformers_serve``: a real ``transformers serve`` (from ``transformers[serving]``) of a model directory on
+  CPU, for as long as the ``with`` block runs.
 
-Both are stdlib ``ThreadingHTTPServer`` s (one thread per connection, HTTP/1.1 keep-alive). Run the fake server
-alone with ``python tests/fault_server.py --port 8000 --latency 0.2`` (the throughput benchmark does).
+The first two are stdlib ``ThreadingHTTPServer`` s (one thread per connection, HTTP/1.1 keep-alive). Run the fake
+server alone with ``python tests/fault_server.py --port 8000 --latency 0.2`` (the throughput benchmark does).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
+import math
+import os
+import re
+import socket
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import urlsplit
 
 FAULTS = ("ok", "500", "503", "429", "400", "401", "malformed", "hang", "trickle", "unparsed")
 UNPARSED_ANSWER = "I am not sure what to say about this image."  # a 200 whose text is not in the answer format
 CANNED_ANSWER = "Label: pristine. Rationale: canned answer of the fault-injecting test server."
+LOGPROBS_MODES = ("ignore", "refuse", "return")
+# What ``transformers serve`` before 5.x answered (422, FastAPI's body) to a request for logprobs.
+LOGPROBS_REFUSAL = "Unused fields in the request: {'logprobs', 'top_logprobs'}"
+LABEL_WORDS = ("pristine", "falsified")  # spelled out: a test double does not import the code it tests
 
 
 class _Server(ThreadingHTTPServer):
@@ -83,6 +102,37 @@ class FaultScript:
         return self.default
 
 
+def fake_tokens(text: str) -> list[str]:
+    """``text`` cut into fake tokens that join back to it: punctuation alone, words in pieces of at most five
+    letters with the white space before them (``" prist"``, ``"ine"``), like a BPE tokenizer's splits."""
+    return re.findall(r"\s*\w{1,5}|\s*[^\w\s]|\s+", text)
+
+
+def fake_logprobs(text: str, p_falsified: float, top_logprobs: int) -> dict:
+    """A ``choices[0].logprobs`` block for ``text``: each token at probability 0.9, with one other made-up
+    alternative; a token that begins a label (``" prist"``) shares 0.9 between both labels' beginnings as
+    ``p_falsified`` says, so a client reading the label slot right gets exactly ``p_falsified``."""
+    content = []
+    for token in fake_tokens(text):
+        word = token.strip().lower()
+        label = next((w for w in LABEL_WORDS if word and w.startswith(word)), None)
+        lead = token[: len(token) - len(token.lstrip())]
+        if label is None:
+            top = [(token, 0.9), (lead + "zz", 0.1)]
+        else:
+            share = {"falsified": p_falsified, "pristine": 1 - p_falsified}
+            top = [(token if w == label else lead + w[: len(word)], 0.9 * share[w]) for w in LABEL_WORDS]
+            top.append((lead + "zz", 0.1))
+        top = sorted(top, key=lambda t: -t[1])
+        entry = dict(_logprob(token, dict(top)[token]), top_logprobs=[_logprob(t, p) for t, p in top[:top_logprobs]])
+        content.append(entry)
+    return {"content": content}
+
+
+def _logprob(token: str, p: float) -> dict:
+    return {"token": token, "logprob": math.log(p) if p > 0 else -9999.0, "bytes": list(token.encode())}
+
+
 class FaultInjectingChatServer:
     """A fake Chat Completions server (no model) with a fixed latency and scripted faults; see the module doc."""
 
@@ -97,9 +147,14 @@ class FaultInjectingChatServer:
         port: int = 0,
         default_fault: str = "ok",
         trickle_s: float = 0.5,
+        logprobs: str = "ignore",
+        p_falsified: float = 0.7,
     ):
+        if logprobs not in LOGPROBS_MODES:
+            raise ValueError(f"logprobs must be one of {LOGPROBS_MODES}, got {logprobs!r}")
         self.latency, self.retry_after, self.hang_s, self.answer = latency, retry_after, hang_s, answer
         self.trickle_s = trickle_s
+        self.logprobs, self.p_falsified = logprobs, p_falsified
         self.script = FaultScript(dict(faults or {}), default=default_fault)
         self.requests: list[SeenRequest] = []
         self.in_flight = 0
@@ -147,21 +202,19 @@ class FaultInjectingChatServer:
                 return 401, {}, b'{"error": {"message": "injected: invalid API key"}}'
             if fault == "malformed":
                 return 200, {}, b'{"id": "x", "choices": [{"message": {"content": "Label: pris'
+            asks_logprobs = bool(body.get("logprobs")) or "top_logprobs" in body
+            if asks_logprobs and self.logprobs == "refuse":
+                return 422, {}, json.dumps({"detail": LOGPROBS_REFUSAL}).encode()
+            text = UNPARSED_ANSWER if fault == "unparsed" else self.answer
+            choice = {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}
+            if asks_logprobs and self.logprobs == "return":
+                choice["logprobs"] = fake_logprobs(text, self.p_falsified, body.get("top_logprobs") or 0)
             completion = {
                 "id": f"chatcmpl-{len(self.requests)}",
                 "object": "chat.completion",
                 "created": int(time.time()),
                 "model": body.get("model", "fake"),
-                "choices": [
-                    {
-                        "index": 0,
-                        "finish_reason": "stop",
-                        "message": {
-                            "role": "assistant",
-                            "content": UNPARSED_ANSWER if fault == "unparsed" else self.answer,
-                        },
-                    }
-                ],
+                "choices": [choice],
                 "usage": {
                     "prompt_tokens": len(prompt.split()),
                     "completion_tokens": len(self.answer.split()),
@@ -257,6 +310,40 @@ class CountingProxy:
     def __exit__(self, *exc) -> None:
         self._httpd.shutdown()
         self._httpd.server_close()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def transformers_serve(model_dir: str | Path, log_file: str | Path, *, start_timeout: float = 120) -> Iterator[str]:
+    """Run ``transformers serve`` on ``model_dir`` (CPU, 127.0.0.1, offline) and yield its ``.../v1`` URL once
+    ``/health`` answers; it is stopped when the block ends. Its output goes to ``log_file``; a server that does
+    not start raises RuntimeError with the log's tail. Requests name the model by ``str(model_dir)``."""
+    port = free_port()
+    cli = Path(sys.executable).parent / "transformers"
+    cmd = [str(cli), "serve", str(model_dir), "--device", "cpu", "--host", "127.0.0.1", "--port", str(port)]
+    with open(log_file, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=os.environ | {"HF_HUB_OFFLINE": "1"})
+    try:
+        deadline = time.time() + start_timeout
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    tail = Path(log_file).read_text()[-3000:]
+                    raise RuntimeError(f"`transformers serve` did not start:\n{tail}") from None
+                time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def _send(

@@ -1,21 +1,24 @@
 """The OpenAI-compatible teacher against a real HTTP server on 127.0.0.1: the fault-injecting fake server of
 ``tests/fault_server.py`` (canned answers, no model). Bounded concurrency, retries on 500 / 429 with
 Retry-After / malformed JSON / a hang past the timeout, per-item errors when retries run out, several servers,
-structured output and the API key taken from the environment variable that the config names."""
+structured output and the API key taken from the environment variable that the config names. The score read from
+logprobs: the label slot and the renormalisation on hand-made payloads, then end to end against servers that
+return logprobs, ignore the request for them or refuse it."""
 
 from __future__ import annotations
 
 import base64
 import json
+import math
 import time
 
 import pytest
-from fault_server import FaultInjectingChatServer
+from fault_server import LOGPROBS_REFUSAL, UNPARSED_ANSWER, FaultInjectingChatServer
 from PIL import Image
 
 from mmkd.inference import make_backend
 from mmkd.inference.base import BackendStopped, InferenceRequest
-from mmkd.inference.openai_compat import ANSWER_JSON_SCHEMA, ConfigError
+from mmkd.inference.openai_compat import ANSWER_JSON_SCHEMA, ConfigError, label_slot, label_slot_score
 from mmkd.parsing import parse_answer
 
 IMAGE = Image.new("RGB", (28, 28), (200, 30, 30))
@@ -160,6 +163,9 @@ def test_a_server_that_is_down_gives_errors_not_a_crash():
         ({"base_url": []}, "base_url must be a URL or a non-empty list"),
         ({"max_concurrency": 0}, "need max_concurrency >= 1"),
         ({"structured_output": "regex"}, "structured_output must be null or one of"),
+        ({"top_logprobs": 21}, "top_logprobs must be null or an integer from 0 to 20"),
+        ({"top_logprobs": -1}, "top_logprobs must be null or an integer from 0 to 20"),
+        ({"top_logprobs": True}, "top_logprobs must be null or an integer from 0 to 20"),
         ({"max_errors": -1}, "max_errors must be >= 0"),
         ({"temprature": 0.5}, "bad settings for backend 'openai'.*temprature"),
     ],
@@ -282,3 +288,197 @@ def test_a_server_that_only_times_out_is_not_taken_for_an_absent_one():
         assert len(server.requests) == 6  # every item got both its attempts
     assert all("timed out" in r.error and "after 2 attempt(s)" in r.error for r in replies)
     assert not t.health[server.base_url].out
+
+
+# --- the score from logprobs -------------------------------------------------------------------------------------
+
+
+def entry(token: str, logprob: float = -0.1, top: dict[str, float] | None = None) -> dict:
+    """One ``logprobs.content`` entry: the token generated, its logprob and the top alternatives there."""
+    alternatives = top if top is not None else {token: logprob}
+    return {
+        "token": token,
+        "logprob": logprob,
+        "top_logprobs": [{"token": t, "logprob": lp} for t, lp in alternatives.items()],
+    }
+
+
+def payload(*entries: dict) -> dict:
+    return {"content": list(entries)}
+
+
+def two_way(falsified: float, pristine: float) -> float:
+    return math.exp(falsified) / (math.exp(falsified) + math.exp(pristine))
+
+
+def test_the_score_is_read_at_the_label_slot_across_split_tokens():
+    """ "Lab" "el" ":" then the value " fals" "ified": the slot is " fals", and its alternatives for each label
+    are renormalised over the two."""
+    top = {" fals": -0.3, " prist": -1.6, " maybe": -2.5}
+    logprobs = payload(
+        entry("Check"), entry(":"), entry(" red"), entry(" yes"), entry("."),
+        entry(" Lab"), entry("el"), entry(":"), entry(" fals", -0.3, top), entry("ified"), entry("."),
+    )  # fmt: skip
+    assert label_slot([e["token"] for e in logprobs["content"]]) == 8
+    assert label_slot_score(logprobs) == pytest.approx(two_way(-0.3, -1.6))
+
+
+def test_white_space_tokens_after_label_keep_the_slot_and_case_is_free():
+    top = {"prist": -0.2, "fals": -2.0, " ": -3.0}
+    logprobs = payload(entry("LABEL"), entry(" :"), entry(" "), entry("\n"), entry("prist", -0.2, top), entry("ine"))
+    assert label_slot([e["token"] for e in logprobs["content"]]) == 4
+    assert label_slot_score(logprobs) == pytest.approx(two_way(-2.0, -0.2))
+
+
+def test_each_label_takes_its_best_candidate_that_begins_it():
+    """ " f", " fals" and " falsified" all begin falsified: the most probable one represents it; " pr" likewise."""
+    top = {" falsified": -1.2, " f": -0.9, " fals": -2.0, " pr": -1.5, " pristine": -1.7, " F": -0.5}
+    logprobs = payload(entry("Label"), entry(":"), entry(" falsified", -1.2, top))
+    assert label_slot_score(logprobs) == pytest.approx(two_way(-0.5, -1.5))  # " F": stripped, lower-cased
+
+
+def test_a_label_absent_from_the_top_k_has_probability_zero():
+    only_pristine = payload(entry("Label:"), entry(" pristine", -0.01, {" pristine": -0.01, " the": -6.0}))
+    only_falsified = payload(entry("Label:"), entry(" falsified", -0.01, {" falsified": -0.01, " a": -6.0}))
+    assert label_slot_score(only_pristine) == 0.0
+    assert label_slot_score(only_falsified) == 1.0
+    # The token generated at the slot counts too (top_logprobs: 0 returns only that one).
+    assert label_slot_score(payload(entry("Label:"), {"token": " prist", "logprob": -0.1, "top_logprobs": []})) == 0.0
+
+
+@pytest.mark.parametrize(
+    "logprobs",
+    [
+        # no Label: field (an unparsed answer, as the fake server's)
+        {"content": [entry(t) for t in ["I", " am", " not", " sure", "."]]},
+        # Label: is the last thing written: no token at the slot
+        payload(entry("Label"), entry(":"), entry(" ")),
+        # a token runs across the slot ("el: f"): no token begins the value (as in mmkd.scoring)
+        payload(entry("Lab"), entry("el: f"), entry("alsified")),
+        # neither label among the slot's alternatives
+        payload(entry("Label:"), entry(" unsure", -0.1, {" unsure": -0.1, " maybe": -1.0})),
+        # no logprobs, or not in the OpenAI shape
+        None,
+        {},
+        {"content": None},
+        {"content": [{"token": 3, "logprob": -1.0}]},
+        payload(entry("Label:"), {"token": " pristine", "logprob": "high"}),
+        payload(entry("Label:"), {"token": " pristine"}),
+    ],
+)
+def test_no_slot_or_unreadable_logprobs_give_no_score(logprobs):
+    assert label_slot_score(logprobs) is None
+
+
+def test_the_slot_is_the_one_mmkd_scoring_finds():
+    """The same token as ``mmkd.scoring.slot_index`` on the same tokens (a tokenizer that decodes by joining)."""
+    from mmkd.scoring import slot_index
+
+    class Joining:
+        def __init__(self, tokens):
+            self.tokens = tokens
+
+        def decode(self, ids, skip_special_tokens=True):
+            return "".join(self.tokens[i] for i in ids)
+
+    cases = [
+        ["Label", ":", " pristine", "."],
+        ["Check", ":", " no", ".", " label", " :", " ", " ", "fals", "ified"],
+        ["Lab", "el", ":", "\n", "prist", "ine", " Label", ":", " falsified"],
+        ["relabel", ":", " x", " Label", ":", " pristine"],  # "relabel:" is no Label: field
+        ["Lab", "el: f", "alsified", " Label", ":", " pristine"],  # the first field has no slot, the second has
+        ["Label", ":", " "],
+        ["Rationale", ":", " none"],
+        [],
+    ]
+    for tokens in cases:
+        assert label_slot(tokens) == slot_index(Joining(tokens), list(range(len(tokens)))), tokens
+
+
+def test_structured_answers_have_their_own_slot():
+    """``choice``: the whole answer is the label, its first token is the slot. ``json_schema``: the first token
+    inside the string value of ``"label"``."""
+    top = {"prist": -0.4, "fals": -1.1}
+    assert label_slot_score(payload(entry("prist", -0.4, top), entry("ine")), "choice") == pytest.approx(
+        two_way(-1.1, -0.4)
+    )
+    json_tokens = [entry(t) for t in ['{"', "label", '":', ' "']] + [entry("fals", -1.1, top), entry('ified"}')]
+    assert label_slot_score(payload(*json_tokens), "json_schema") == pytest.approx(two_way(-1.1, -0.4))
+    assert label_slot_score(payload(*json_tokens)) is None  # no free-text Label: field in JSON
+
+
+def test_logprobs_are_requested_but_are_no_part_of_the_cache_key():
+    with FaultInjectingChatServer() as server:
+        asking = teacher(server.base_url)
+        asking.answer(requests(1))
+        not_asking = teacher(server.base_url, top_logprobs=None)
+        not_asking.answer(requests(1))
+        first, second = (r.body for r in server.requests)
+    assert first["logprobs"] is True and first["top_logprobs"] == 20  # the default
+    assert "logprobs" not in second and "top_logprobs" not in second
+    assert asking.identity() == not_asking.identity() == teacher(server.base_url, top_logprobs=3).identity()
+
+
+@pytest.mark.parametrize(
+    "structured, answer",
+    [
+        (None, "Check: red vs red yes. Label: falsified. Rationale: the shape differs."),
+        ("choice", "falsified"),
+        ("json_schema", json.dumps({"label": "pristine", "rationale": "all attributes match"})),
+    ],
+)
+def test_replies_carry_the_score_read_from_the_servers_logprobs(structured, answer):
+    with FaultInjectingChatServer(
+        answer=answer, logprobs="return", p_falsified=0.3, faults={"item-2.": ["unparsed"]}
+    ) as server:
+        t = teacher(server.base_url, structured_output=structured, top_logprobs=5, max_concurrency=2)
+        replies = t.answer(requests(4))
+    assert all(r.error is None for r in replies)
+    assert replies[2].text == UNPARSED_ANSWER and replies[2].score is None  # no Label: field: no score
+    assert [r.score for i, r in enumerate(replies) if i != 2] == pytest.approx([0.3] * 3)
+    assert parse_answer(replies[0].text).status == "ok"
+
+
+def test_a_server_that_ignores_logprobs_answers_without_scores(caplog):
+    """As ``transformers serve`` 5.x: a 200 without a logprobs block. Scores are None, one warning, no retry."""
+    with FaultInjectingChatServer(logprobs="ignore") as server:
+        t = teacher(server.base_url, max_concurrency=3)
+        replies = t.answer(requests(6))
+    assert all(r.error is None and r.score is None for r in replies)
+    assert (t.usage.requests, t.usage.retries) == (6, 0)
+    warned = [r.getMessage() for r in caplog.records if "answered without logprobs" in r.getMessage()]
+    assert len(warned) == 1 and server.base_url in warned[0]
+
+
+def test_a_server_that_refuses_logprobs_is_asked_again_without_them_and_stays_in_rotation(caplog):
+    """As ``transformers serve`` before 5.x: 422 for a request with logprobs. Each refused request is sent again at
+    once without them, no later request asks for them (in this call or the next), the refusals are no failed
+    attempts (the server stays in rotation even with drop_server_after=1), and one warning keeps the reason."""
+    with FaultInjectingChatServer(logprobs="refuse", latency=0.05) as server:
+        t = teacher(server.base_url, max_concurrency=3, max_retries=0, drop_server_after=1)
+        replies = t.answer(requests(9))
+        replies += t.answer(requests(3))
+        asked = [bool(r.body.get("logprobs")) for r in server.requests]
+    assert all(r.error is None and r.score is None and parse_answer(r.text).status == "ok" for r in replies)
+    refused = sum(asked)
+    assert 1 <= refused <= 3 and asked[:refused] == [True] * refused  # only the first requests in flight asked
+    assert len(asked) == 12 + refused and t.usage.requests == len(asked)
+    health = t.health[server.base_url]
+    assert not health.out and health.failures_in_a_row == 0 and health.logprobs_refused
+    warned = [r.getMessage() for r in caplog.records if "refused logprobs" in r.getMessage()]
+    assert len(warned) == 1 and f"HTTP 422 (UnprocessableEntityError: {LOGPROBS_REFUSAL})" in warned[0], warned
+
+
+def test_the_refusal_is_remembered_per_server():
+    """Of two servers, the one that refuses logprobs is asked without them; the other still returns scores."""
+    with (
+        FaultInjectingChatServer(logprobs="refuse", latency=0.02) as refusing,
+        FaultInjectingChatServer(logprobs="return", p_falsified=0.8, latency=0.02) as scoring,
+    ):
+        t = teacher([refusing.base_url, scoring.base_url], max_concurrency=2)
+        replies = t.answer(requests(16))
+        expected = {r.prompt: None for r in refusing.requests if not r.body.get("logprobs")}  # answered there
+        expected |= {r.prompt: pytest.approx(0.8) for r in scoring.requests}
+    assert all(r.error is None for r in replies)
+    assert [r.score for r in replies] == [expected[q.prompt] for q in requests(16)]
+    assert None in expected.values() and len(expected) == 16  # both answered, each item once

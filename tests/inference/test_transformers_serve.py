@@ -1,63 +1,39 @@
 """A server teacher against a real OpenAI-compatible server: `transformers serve` (from `transformers[serving]`)
 serving a tiny LLaVA built by mmkd.demo.tiny, on 127.0.0.1, CPU. Its answers equal the local backend's on the same
-model and the answers schema is the same; a labeller killed with SIGKILL part-way resumes without asking any
-cached item again (counted by a proxy in front of the server)."""
+model and the answers schema is the same (scores aside: the server ignores the request for logprobs, so its
+answers have none); a labeller killed with SIGKILL part-way resumes without asking any cached item again (counted
+by a proxy in front of the server)."""
 
 from __future__ import annotations
 
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import polars as pl
 import pytest
 import yaml
-from fault_server import CountingProxy
+from fault_server import CountingProxy, transformers_serve
 
 from mmkd.inference import make_backend
 from mmkd.labelling import label_items
+from mmkd.paths import LABELLED_SPLITS
 from mmkd.schema import ANSWER_SCHEMA, items_frame, read_answers, read_items
 
 ROOT = Path(__file__).resolve().parents[2]
 MAX_TOKENS = 12
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def served_llava(tiny_models, tmp_path_factory):
     """(model dir, base URL) of `transformers serve` running the tiny LLaVA on CPU."""
     model_dir = tiny_models["llava"]
-    port = free_port()
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
-    cli = Path(sys.executable).parent / "transformers"
-    cmd = [str(cli), "serve", str(model_dir), "--device", "cpu", "--host", "127.0.0.1", "--port", str(port)]
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=os.environ | {"HF_HUB_OFFLINE": "1"})
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
-                break
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    pytest.fail(f"`transformers serve` did not start:\n{log.read_text()[-3000:]}")
-                time.sleep(0.2)
-        yield model_dir, f"http://127.0.0.1:{port}/v1"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    with transformers_serve(model_dir, tmp_path_factory.mktemp("serve") / "serve.log") as base_url:
+        yield model_dir, base_url
 
 
 def server_teacher(model_dir: Path, base_url: str, **settings):
@@ -87,9 +63,11 @@ def test_answers_through_the_server_equal_the_local_backend(served_llava, world_
     assert len(proxy.prompts) == len(items)
     assert served["status"].is_in(["ok", "unparsed"]).all()
     # Same greedy decoding of the same weights, image and chat template: the same text, whatever path it took. Only
-    # the server counts tokens, so those columns differ (a local model reports none).
+    # the server counts tokens, so those columns differ (a local model reports none); only the local model scores,
+    # as `transformers serve` answers a request for logprobs without them.
     assert served["prompt_tokens"].is_not_null().all() and expected["prompt_tokens"].is_null().all()
-    answer = [c for c in ANSWER_SCHEMA if c not in ("prompt_tokens", "completion_tokens")]
+    assert served["score"].is_null().all()
+    answer = [c for c in ANSWER_SCHEMA if c not in ("prompt_tokens", "completion_tokens", "score")]
     assert served.select(answer).equals(expected.select(answer)), (served["raw_text"].to_list(), expected["raw_text"])
 
 
@@ -97,12 +75,15 @@ def test_a_labeller_killed_part_way_resumes_without_asking_cached_items(served_l
     model_dir, base_url = served_llava
     data = tmp_path / "data"
     data.mkdir()
-    for split, n in (("train", 8), ("test", 4)):  # captions that name their item, so the proxy knows who was asked
-        rows = read_items(world_dir / f"{split}.parquet").head(n).to_dicts()
+    # The world has no val split: val takes other test items, so that no item is in two splits.
+    sources = {"train": ("train", 0, 8), "val": ("test", 4, 4), "test": ("test", 0, 4)}
+    for split in LABELLED_SPLITS:  # captions that name their item, so the proxy knows who was asked
+        source, offset, n = sources[split]
+        rows = read_items(world_dir / f"{source}.parquet").slice(offset, n).to_dicts()
         items_frame([r | {"caption": f"{r['caption']} [{r['id']}]"} for r in rows]).write_parquet(
             data / f"{split}.parquet"
         )
-    ids = [i for split in ("train", "test") for i in pl.read_parquet(data / f"{split}.parquet")["id"]]
+    ids = [i for split in LABELLED_SPLITS for i in pl.read_parquet(data / f"{split}.parquet")["id"]]
     cache = tmp_path / "cache" / "served.sqlite"
 
     with CountingProxy(base_url, delay=0.3) as proxy:
@@ -116,9 +97,8 @@ def test_a_labeller_killed_part_way_resumes_without_asking_cached_items(served_l
             "max_tokens": MAX_TOKENS,
             "max_concurrency": 1,
         }
-        (tmp_path / "params.yaml").write_text(
-            yaml.safe_dump({"data": {"dir": str(data)}, "teachers": {"served": teacher}})
-        )
+        data_params = {"dir": str(data), "test_sets": []}  # no extra test sets to label
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump({"data": data_params, "teachers": {"served": teacher}}))
         cmd = [sys.executable, str(ROOT / "stages/label.py"), "served"]
         labeller = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
@@ -139,7 +119,7 @@ def test_a_labeller_killed_part_way_resumes_without_asking_cached_items(served_l
 
     assert not set(asked_again) & cached  # no cached item is requested again
     assert set(asked_again) | cached == set(ids)
-    answers = pl.concat([read_answers(tmp_path / f"data/answers/served/{s}.parquet") for s in ("train", "test")])
+    answers = pl.concat([read_answers(tmp_path / f"data/answers/served/{s}.parquet") for s in LABELLED_SPLITS])
     assert answers["id"].to_list() == ids
     assert answers["status"].is_in(["ok", "unparsed"]).all() and answers["raw_text"].is_not_null().all()
 

@@ -15,6 +15,13 @@ not asked. An item that fails everywhere comes back as an error reply that keeps
 the other items go on. Errors that concern the configuration rather than an item (bad key, unknown model or
 URL) stop the run with a message.
 
+Scores: with ``top_logprobs`` set, every request asks for logprobs, and a reply's ``score`` is P(falsified) read
+off them at the answer's label slot, as mmkd.scoring defines it for a local model (``label_slot_score``). A server
+that refuses logprobs (a 400/422 that names them, as ``transformers serve`` did before 5.x) is asked again at once
+without, and not asked for them again in the run: a warning once, no failed attempt, scores None. A server that
+ignores them (``transformers serve`` 5.x answers 200 without a ``logprobs`` block) gives scores None, with a
+warning once. Logprobs do not change the answer text, so they are not part of ``identity()`` (the cache key).
+
 The API key is read from the environment variable *named* by ``api_key_env``; the key itself is never in params,
 logs, outputs or metrics.
 """
@@ -45,7 +52,7 @@ import openai
 
 from mmkd.inference.base import BackendStopped, BackendUsage, InferenceReply, InferenceRequest, ReplyCallback
 from mmkd.parsing import format_answer
-from mmkd.schema import LABELS
+from mmkd.schema import FALSIFIED, LABELS, PRISTINE
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +66,17 @@ ANSWER_JSON_SCHEMA = {
     "required": ["label", "rationale"],
     "additionalProperties": False,
 }
+
+# The label slot (see mmkd.scoring): where the first token of the label's value is, by the text before it. Free text:
+# after the first ``Label:`` field (the same pattern as mmkd.scoring, which a test checks; white space after the
+# colon keeps the slot). ``json_schema``: inside the JSON string of ``"label"``. ``choice``: the whole answer is the
+# label, so its first token that is not white space. Group 1 spans the text that may end the prefix before the slot.
+LABEL_SLOTS = {
+    None: re.compile(r"\blabel\s*:(\s*)", re.IGNORECASE),
+    "json_schema": re.compile(r'"label"\s*:\s*"()'),
+    "choice": re.compile(r"^(\s*)"),
+}
+MAX_TOP_LOGPROBS = 20  # the OpenAI API's limit, and vLLM's default --max-logprobs
 
 # A server that has sent no HTTP response at all in this run is taken out of rotation after this many failed attempts
 # in a row (at most ``drop_server_after``): nothing listens there, and a run against it should stop in seconds.
@@ -83,6 +101,8 @@ class OpenAICompatConfig:
         after which a server is taken out of rotation for the rest of the run.
     temperature, top_p, seed, max_tokens: sampling; part of the cache key.
     structured_output: null, ``json_schema`` or ``choice`` (see STRUCTURED_OUTPUTS).
+    top_logprobs: alternatives per token to ask for (0 to 20) to read the score from (see ``label_slot_score``);
+        null: ask for no logprobs, scores are None. Not part of the cache key (logprobs do not change the text).
     extra_body: other server-specific request fields, sent as they are (part of the cache key).
     price_per_million_prompt_tokens / _completion_tokens: optional prices; metrics then report the cost.
     """
@@ -100,6 +120,7 @@ class OpenAICompatConfig:
     top_p: float | None = None
     seed: int | None = None
     structured_output: str | None = None
+    top_logprobs: int | None = 20
     extra_body: dict = field(default_factory=dict)
     price_per_million_prompt_tokens: float | None = None
     price_per_million_completion_tokens: float | None = None
@@ -117,6 +138,9 @@ class OpenAICompatConfig:
             raise ValueError(f"drop_server_after must be >= 1 failed attempts, got {self.drop_server_after}")
         if self.structured_output not in (None, *STRUCTURED_OUTPUTS):
             raise ValueError(f"structured_output must be null or one of {STRUCTURED_OUTPUTS}")
+        top = self.top_logprobs
+        if top is not None and (not isinstance(top, int) or isinstance(top, bool) or not 0 <= top <= MAX_TOP_LOGPROBS):
+            raise ValueError(f"top_logprobs must be null or an integer from 0 to {MAX_TOP_LOGPROBS}, got {top!r}")
         if self.api_key_env is not None and not is_variable_name(self.api_key_env):
             # never echo the value: it may be the key itself
             raise ValueError(
@@ -165,6 +189,8 @@ class ServerHealth:
     unreachable_in_a_row: int = 0  # of those, connection errors (refused, unknown host): not timeouts
     last_fault: str = ""
     out: bool = False  # taken out of rotation
+    logprobs_refused: bool = False  # it refused a request for logprobs: it is not asked for them again
+    logprobs_missing: bool = False  # it answered a request for logprobs without them (warned once)
 
 
 @dataclass
@@ -202,6 +228,7 @@ class OpenAICompatBackend:
                 )
 
     def identity(self) -> dict:
+        # Not top_logprobs: it changes the reply's score, never its text, and the cache keeps the text.
         return {"backend": "openai", "revision": self.config.revision, **self.config.request_fields()}
 
     def answer(
@@ -240,14 +267,7 @@ class OpenAICompatBackend:
         job.servers.append(server.url)
         job.retry_after = None
         try:
-            async with asyncio.timeout(self.config.timeout):  # the whole attempt, however slowly the bytes come
-                # The SDK's documented call for raw requests: the body is sent as built here, and the reply is
-                # read as JSON here (the typed ``chat.completions.create`` spends a millisecond per request on
-                # walking the base64 image through its type transforms, the client's main CPU cost at high load).
-                response = await client.post(
-                    "/chat/completions", cast_to=httpx2.Response, body=_body(job.request, self.config)
-                )
-                payload = response.json()
+            payload = await self.post(client, server, job.request)
             text = self._text(payload)
         except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as exc:
             raise ConfigError(
@@ -288,10 +308,53 @@ class OpenAICompatBackend:
                 text=text,
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens,
+                score=self._score(server, payload),
             )
         server.failures_in_a_row += 1
         server.last_fault = job.fault
         return None
+
+    async def post(self, client: openai.AsyncOpenAI, server: ServerHealth, request: InferenceRequest) -> object:
+        """The JSON reply to one request. When the server refuses logprobs it is asked again at once without them,
+        and from then on never asked for them (one warning): a refusal is no failed attempt."""
+        while True:
+            logprobs = self.config.top_logprobs is not None and not server.logprobs_refused
+            try:
+                async with asyncio.timeout(self.config.timeout):  # the whole attempt, however slowly the bytes come
+                    # The SDK's documented call for raw requests: the body is sent as built here, and the reply is
+                    # read as JSON here (the typed ``chat.completions.create`` spends a millisecond per request on
+                    # walking the base64 image through its type transforms, the client's main CPU cost at high load).
+                    response = await client.post(
+                        "/chat/completions", cast_to=httpx2.Response, body=_body(request, self.config, logprobs)
+                    )
+                    return response.json()
+            except openai.APIStatusError as exc:
+                if not (logprobs and _refuses_logprobs(exc)):
+                    raise
+                if not server.logprobs_refused:  # requests in flight may all be refused: warn once
+                    server.logprobs_refused = True
+                    log.warning(
+                        "teacher %r: %s refused logprobs (%s); asking it without them for the rest of the run, so "
+                        "its answers have no score",
+                        self.name,
+                        server.url,
+                        _describe(exc),
+                    )
+
+    def _score(self, server: ServerHealth, payload: dict) -> float | None:
+        """The reply's score from its logprobs, or None (asked for none, or none came: warned once per server)."""
+        if self.config.top_logprobs is None or server.logprobs_refused:
+            return None
+        logprobs = payload["choices"][0].get("logprobs")
+        if logprobs is None and not server.logprobs_missing:
+            server.logprobs_missing = True
+            log.warning(
+                "teacher %r: %s answered without logprobs (it ignores the request for them, as `transformers "
+                "serve` does); its answers have no score",
+                self.name,
+                server.url,
+            )
+        return label_slot_score(logprobs, self.config.structured_output)
 
     def failed(self, job: _Job, why: str | None = None) -> InferenceReply:
         """The error reply of an item that will not be asked again in this run."""
@@ -482,6 +545,52 @@ def structured_to_answer(text: str, structured_output: str | None) -> str:
     return text
 
 
+def label_slot_score(logprobs: object, structured_output: str | None = None) -> float | None:
+    """P(falsified) from a chat completion's ``choices[0].logprobs``, read at the label slot (``LABEL_SLOTS``).
+
+    Each label is represented there by its best alternative among the slot's ``top_logprobs`` (and the token
+    generated there) whose stripped, lower-cased text is a non-empty prefix of the label (``" fals"``, ``"f"``);
+    the score is p(falsified) / (p(falsified) + p(pristine)), as mmkd.scoring's. A label not among the top-k gets
+    probability 0: the score is then 0 or 1, within exp(lowest top-k logprob) / p(other label) of the true one.
+    None (never guessed): no slot, neither label at the slot, or logprobs missing or malformed.
+    """
+    try:
+        content = logprobs["content"]  # type: ignore[index]
+        tokens = [entry["token"] for entry in content]
+        if not all(isinstance(t, str) for t in tokens):
+            return None
+        slot = label_slot(tokens, structured_output)
+        if slot is None:
+            return None
+        best: dict[str, float] = {}
+        for candidate in [content[slot], *(content[slot].get("top_logprobs") or [])]:
+            word, logprob = candidate["token"].strip().lower(), float(candidate["logprob"])
+            for label in LABELS:
+                if word and label.startswith(word) and not math.isnan(logprob):
+                    best[label] = max(best.get(label, -math.inf), logprob)
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None
+    if not best:
+        return None
+    falsified, pristine = best.get(FALSIFIED, -math.inf), best.get(PRISTINE, -math.inf)
+    if falsified == pristine == -math.inf:
+        return None
+    if -math.inf in (falsified, pristine):
+        return 0.0 if falsified == -math.inf else 1.0
+    return 1.0 / (1.0 + math.exp(min(pristine - falsified, 700.0)))  # the two-way softmax; capped: no overflow
+
+
+def label_slot(tokens: list[str], structured_output: str | None = None) -> int | None:
+    """Index of the token that begins the label's value (see ``LABEL_SLOTS``): the last token boundary inside the
+    first slot pattern that ends on one, so white-space tokens after ``Label:`` keep the slot. None: no slot."""
+    starts = list(itertools.accumulate((len(t) for t in tokens), initial=0))  # offset of each token, and the end
+    for match in LABEL_SLOTS[structured_output].finditer("".join(tokens)):
+        inside = [i for i, offset in enumerate(starts) if match.start(1) <= offset <= match.end(1)]
+        if inside:  # else a token runs across the slot (e.g. ": f"): no boundary there, as in mmkd.scoring
+            return inside[-1] if inside[-1] < len(tokens) else None
+    return None
+
+
 def image_data_url(request: InferenceRequest) -> str:
     """The item's image as a base64 data URL: the file's own bytes when it has a known type, else PNG."""
     if request.image_path is not None:
@@ -507,18 +616,22 @@ def is_variable_name(value: object) -> bool:
 
 
 def _server_reason(exc: openai.APIStatusError) -> str:
-    """The server's own message (``{"error": {"message": ...}}`` or the body), on one line, truncated."""
+    """The server's own message (``{"error": {"message": ...}}``, FastAPI's ``{"detail": ...}`` or the body), on one
+    line, truncated."""
     body = exc.body
     if isinstance(body, dict):
         body = body.get("error", body)
-        body = body.get("message", body) if isinstance(body, dict) else body
+        body = body.get("message", body.get("detail", body)) if isinstance(body, dict) else body
     text = " ".join(str(body if body is not None else exc.message).split())
     return text if len(text) <= SERVER_REASON_CHARS else text[: SERVER_REASON_CHARS - 3] + "..."
 
 
-def _body(request: InferenceRequest, config: OpenAICompatConfig) -> dict:
-    """The JSON body of one chat-completion request: the image and prompt, then the sampling fields."""
+def _body(request: InferenceRequest, config: OpenAICompatConfig, logprobs: bool = False) -> dict:
+    """The JSON body of one chat-completion request: the image and prompt, the sampling fields, and with
+    ``logprobs`` the request for them (``top_logprobs`` alternatives per token)."""
     fields = config.request_fields()
+    if logprobs:
+        fields |= {"logprobs": True, "top_logprobs": config.top_logprobs}
     message = {
         "role": "user",
         "content": [
@@ -536,6 +649,12 @@ def _body(request: InferenceRequest, config: OpenAICompatConfig) -> dict:
 def _count(value: object) -> int | None:
     """A token count from a reply's usage, or None when the server sent none (or something else)."""
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _refuses_logprobs(exc: openai.APIStatusError) -> bool:
+    """A 400/422 whose reason names logprobs: the server refuses to return them (``transformers serve`` before 5.x:
+    422 "Unused fields in the request: {'logprobs', 'top_logprobs'}"), not the item."""
+    return exc.status_code in (400, 422) and "logprob" in _server_reason(exc).lower()
 
 
 def _retryable(exc: openai.APIStatusError) -> bool:
