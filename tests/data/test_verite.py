@@ -26,7 +26,7 @@ from verite_fixture import (
 
 from mmkd.data import PrepareInputError
 from mmkd.data.records import REPORT_FILE
-from mmkd.data.verite import LABEL_OF_CLASS, VeriteSettings, prepare_verite
+from mmkd.data.verite import CLASSES, LABEL_OF_CLASS, VeriteSettings, prepare_verite
 from mmkd.schema import read_gold, read_items
 
 SCRIPT = Path(__file__).resolve().parents[2] / "stages/prepare.py"
@@ -160,10 +160,11 @@ def test_settings_refuse_impossible_values(tmp_path):
     assert VeriteSettings(raw=str(tmp_path)).split == "test"
 
 
-def project(folder: Path, entries: dict) -> None:
-    """A project folder with the fixture's VERITE folder at data/verite_raw and params.yaml with these entries."""
+def project(folder: Path, entries: dict, test_sets: dict | None = None) -> None:
+    """A project folder with the fixture's VERITE folder at data/verite_raw and params.yaml with these entries
+    (``data.prepare``) and extra test sets (``data.prepare_test``)."""
     build_verite(folder / "data/verite_raw")
-    params = {"data": {"dir": "data/newsclippings", "prepare": entries}}
+    params = {"data": {"dir": "data/newsclippings", "prepare": entries, "prepare_test": test_sets or {}}}
     (folder / "params.yaml").write_text(yaml.safe_dump(params))
 
 
@@ -186,11 +187,32 @@ def test_the_stage_dispatches_by_kind_and_refuses_what_it_cannot_run(tmp_path, m
     project(tmp_path, entries | {"bad": entry | {"out": "data/bad", "split": "a/b"}})
     monkeypatch.chdir(tmp_path)
 
-    stage.main("vt")
+    stage.main(["vt"])
     assert json.loads((tmp_path / "metrics/prepare_vt.json").read_text())["items"] == EXPECTED_SUMMARY["items"]
     with pytest.raises(SystemExit, match=r"prepare@no_out: data\.prepare\.no_out\.out is not set"):
-        stage.main("no_out")
+        stage.main(["no_out"])
     with pytest.raises(SystemExit, match=r"prepare@coco: data\.prepare\.coco is of kind 'coco' .*'verite'"):
-        stage.main("coco")
+        stage.main(["coco"])
     with pytest.raises(SystemExit, match=r"prepare@bad: data\.prepare\.bad in params\.yaml: split name 'a/b'"):
-        stage.main("bad")
+        stage.main(["bad"])
+
+
+def test_as_an_extra_test_set_the_gold_labels_go_apart(tmp_path, monkeypatch):
+    """``prepare_test@<name>`` writes the items and images to data/test_sets/<name> (what labelling reads) and the
+    gold labels to data/test_gold/<name> (what only evaluate reads)."""
+    spec = importlib.util.spec_from_file_location("prepare_stage", SCRIPT)
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    entry = {"kind": "verite", "raw": "data/verite_raw", "max_image_pixels": MAX_PIXELS}
+    project(tmp_path, {}, test_sets={"verite": entry, "with_out": entry | {"out": "x"}})
+    monkeypatch.chdir(tmp_path)
+    stage.main(["verite", "--test-set"])
+    assert sorted(p.name for p in (tmp_path / "data/test_sets/verite").iterdir()) == [
+        "images",
+        "prepare_report.jsonl",
+        "test.parquet",
+    ]
+    gold = pl.read_parquet(tmp_path / "data/test_gold/verite/test.gold.parquet")
+    assert len(gold) == EXPECTED_SUMMARY["items"] and set(gold["gold_class"]) == set(CLASSES)
+    with pytest.raises(SystemExit, match=r"remove data\.prepare_test\.with_out\.out"):
+        stage.main(["with_out", "--test-set"])
