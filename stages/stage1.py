@@ -13,7 +13,7 @@ from mmkd.schema import read_answers, read_items, read_sft_rows
 from mmkd.stage_io import read_params, seed_everything
 from mmkd.training.config import Stage1Settings, from_params
 from mmkd.training.rows import with_prompts
-from mmkd.training.trainers import run_stage1
+from mmkd.training.trainers import is_main_process, run_stage1
 
 
 def main() -> None:
@@ -48,7 +48,8 @@ def main() -> None:
         prompt_version=student["prompt_version"],
         allow_empty=args.baseline is not None,  # e.g. gold_only when no item was selected
     )
-    calibrate_from_params(out_dir, params)  # the val threshold, recorded in the adapter
+    if is_main_process():  # rank 0 alone, under accelerate launch (stages/launch.py): it wrote the adapter
+        calibrate_from_params(out_dir, params)  # the val threshold, recorded in the adapter
 
 
 if __name__ == "__main__":

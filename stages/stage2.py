@@ -12,7 +12,7 @@ from mmkd.schema import read_items, read_pairs, read_sft_rows
 from mmkd.stage_io import read_params, seed_everything
 from mmkd.training.config import Stage2Settings, from_params
 from mmkd.training.rows import with_prompts
-from mmkd.training.trainers import run_stage2
+from mmkd.training.trainers import is_main_process, run_stage2
 
 
 def main() -> None:
@@ -42,7 +42,8 @@ def main() -> None:
         dtype=student["dtype"],
         prompt_version=student["prompt_version"],
     )
-    calibrate_from_params(out_dir, params)  # the val threshold, recorded in the adapter
+    if is_main_process():  # rank 0 alone, under accelerate launch (stages/launch.py): it wrote the adapter
+        calibrate_from_params(out_dir, params)  # the val threshold, recorded in the adapter
 
 
 if __name__ == "__main__":

@@ -4,11 +4,17 @@ Stage 1 trains a LoRA on the student base. Stage 2 merges the Stage-1 LoRA into 
 LoRA on top: first SFT on the gold-agreeing teacher answers, then DPO. DPO's reference is the policy as DPO starts
 (TRL copies the adapter into a frozen ``ref`` adapter): Stage 1 plus the Stage-2 SFT, the textbook SFT-then-DPO
 setup; with ``run_sft: false`` it is exactly Stage 1. Only the trained adapter is saved, not the ``ref`` copy.
+
+Under ``accelerate launch`` (stages/launch.py) every rank runs the same code on its shard of the rows (accelerate's
+sampler); only rank 0 (``is_main_process``) writes the adapter and the dvclive logs. A plain ``python`` run is one
+process, rank 0, and takes none of the multi-process branches.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import os
 import shutil
 import tempfile
 import time
@@ -33,6 +39,52 @@ from mmkd.training.cpu_speedups.collate import ROW_KEY, CachedCollator
 from mmkd.training.cpu_speedups.logprob_head import logprob_head
 
 log = logging.getLogger(__name__)
+
+
+def world_size() -> int:
+    """Processes in this training run: ``WORLD_SIZE`` as ``accelerate launch`` sets it; 1 in a plain python run."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a multi-process launch, or a plain run: the one process that writes the adapter, logs and metrics."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _use_local_gpu() -> None:
+    """In a multi-process launch, make ``cuda`` this rank's GPU before the model is loaded (the model is loaded before
+    the trainer exists, which would otherwise put every rank's copy on GPU 0)."""
+    if world_size() > 1 and torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def epoch_top_up(rows: int, batch_size: int, processes: int) -> int:
+    """Rows that accelerate's sampler hands out twice per epoch: every rank takes the same number of full batches
+    (``even_batches``), so the last step of an epoch is topped up with rows from its start; 0 when ``rows`` is a
+    multiple of ``batch_size * processes`` (and always for one process, whose last batch is just shorter)."""
+    if processes == 1:
+        return 0
+    per_step = batch_size * processes
+    return math.ceil(rows / per_step) * per_step - rows
+
+
+def _log_sharding(rows: int, s: TrainSettings, desc: str) -> None:
+    """One line per multi-process training phase: how the rows are split and the effective batch."""
+    n = world_size()
+    if n == 1 or not is_main_process():
+        return
+    log.info(
+        "%s: %d rows sharded over %d processes; effective batch %d x %d x %d = %d; the last step of each epoch "
+        "repeats %d row(s) from its start (accelerate even_batches)",
+        desc,
+        rows,
+        n,
+        s.batch_size,
+        s.grad_accum,
+        n,
+        s.batch_size * s.grad_accum * n,
+        epoch_top_up(rows, s.batch_size, n),
+    )
 
 
 def _images(paths: list[str], *, decode: bool = True) -> datasets.Dataset:
@@ -77,6 +129,12 @@ def lora_config(lora: LoraSettings) -> LoraConfig:
 
 def _args(config_cls, s: TrainSettings, out_dir: str, seed: int, **extra):
     s.check_hardware()
+    if world_size() > 1:  # set only here, so that a plain run's (logged) args stay as they were
+        # Every LoRA parameter gets a gradient each step, so DDP need not search the graph for unused ones (which
+        # also clashes with gradient checkpointing).
+        extra.setdefault("ddp_find_unused_parameters", False)
+        if not torch.cuda.is_available():
+            extra.setdefault("use_cpu", True)  # without it accelerate sees no devices and runs every rank alone
     return config_cls(
         output_dir=out_dir,
         num_train_epochs=s.epochs,
@@ -167,6 +225,8 @@ class TrainingProgress(ProgressCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         super().on_train_end(args, state, control, **kwargs)
+        if not state.is_world_process_zero:
+            return
         log.info(
             "%s: %d steps in %.0f s, last logged loss %s",
             self.desc,
@@ -185,6 +245,11 @@ def _quiet_progress(trainer, live_dir) -> None:
     parts = Path(live_dir).parts
     name = parts[parts.index("dvclive") + 1 :] if "dvclive" in parts else parts[-2:]  # stage1, stage2/sft, ...
     trainer.add_callback(TrainingProgress("/".join(name)))
+
+
+def _live_callbacks(live_dir: str | Path, params: dict) -> list[TrainerCallback]:
+    """The dvclive logger of a training phase, on the main process only: the other ranks write no logs."""
+    return [_live_callback(live_dir, params)] if is_main_process() else []
 
 
 def _live_callback(live_dir: str | Path, params: dict):
@@ -221,7 +286,7 @@ def train_sft(
             processing_class=processor,
             peft_config=lora_config(lora) if lora else None,
             callbacks=[
-                _live_callback(live_dir, {"sft": asdict(settings), "lora": asdict(lora) if lora else None}),
+                *_live_callbacks(live_dir, {"sft": asdict(settings), "lora": asdict(lora) if lora else None}),
                 *callbacks,
             ],
         )
@@ -230,6 +295,7 @@ def train_sft(
                 trainer.data_collator, processor.tokenizer.pad_token_id, examples=sft_dataset(rows)
             )
         _quiet_progress(trainer, live_dir)
+        _log_sharding(len(rows), settings, "SFT")
         trainer.train()
     return trainer.model
 
@@ -270,11 +336,43 @@ def train_dpo(
             args=_args(DPOConfig, settings, tmp, seed, beta=settings.beta),
             train_dataset=dpo_dataset(rows),
             processing_class=processor,
-            callbacks=[_live_callback(live_dir, {"dpo": asdict(settings)}), *callbacks],
+            callbacks=[*_live_callbacks(live_dir, {"dpo": asdict(settings)}), *callbacks],
         )
         _quiet_progress(trainer, live_dir)
+        _log_sharding(len(rows), settings, "DPO")
         trainer.train()
     return trainer.model
+
+
+def _gathered_trainable(model) -> dict[str, torch.Tensor] | None:
+    """Full copies of the trainable parameters where a multi-process launch shards them (DeepSpeed ZeRO-3, FSDP2), for
+    rank 0 to save; None where every rank holds them whole (a plain run, DDP, ZeRO-2). A collective: every rank calls
+    it, in the same order."""
+    if world_size() == 1:
+        return None
+    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    if any(hasattr(p, "ds_id") for p in trainable.values()):  # ZeRO-3: each rank holds a slice of each parameter
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(trainable.values())):
+            return {name: p.detach().cpu().clone() for name, p in trainable.items()}
+    from torch.distributed.tensor import DTensor
+
+    if any(isinstance(p, DTensor) for p in trainable.values()):  # FSDP2 shards each parameter as a DTensor
+        full = {name: p.full_tensor() if isinstance(p, DTensor) else p for name, p in trainable.items()}
+        return {name: p.detach().cpu() for name, p in full.items()}
+    return None
+
+
+def _finish_distributed() -> None:
+    """After the last training phase of a multi-process run: forget the ZeRO-3 config transformers keeps in a global,
+    so that a model rank 0 loads afterwards (the val calibration) is loaded whole, not partitioned over ranks that
+    have moved on."""
+    if world_size() == 1:
+        return
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
 
 
 def _save_adapter(
@@ -286,11 +384,24 @@ def _save_adapter(
     max_image_pixels: int | None,
     prompt_version: str | None,
 ) -> None:
-    out = Path(out_dir)
-    if out.exists():
-        shutil.rmtree(out)
-    model.save_pretrained(out, safe_serialization=True, selected_adapters=["default"])
-    write_adapter_info(out, base=base, parent=parent, max_image_pixels=max_image_pixels, prompt_version=prompt_version)
+    state_dict = _gathered_trainable(model)  # every rank takes part; only rank 0 writes
+    _finish_distributed()
+    if is_main_process():
+        out = Path(out_dir)
+        if out.exists():
+            shutil.rmtree(out)
+        extra = {} if state_dict is None else {"state_dict": state_dict}  # a plain run saves exactly as before
+        model.save_pretrained(out, safe_serialization=True, selected_adapters=["default"], **extra)
+        write_adapter_info(
+            out, base=base, parent=parent, max_image_pixels=max_image_pixels, prompt_version=prompt_version
+        )
+    _wait_for_all()  # so that on every rank the adapter is on disk when this returns
+
+
+def _wait_for_all() -> None:
+    """A barrier across the ranks of a multi-process run (nothing in a plain one)."""
+    if world_size() > 1 and torch.distributed.is_initialized():
+        torch.distributed.barrier()
 
 
 def run_stage1(
@@ -315,10 +426,12 @@ def run_stage1(
     if rows.is_empty() and not allow_empty:
         raise ValueError("Stage 1 has no training rows: no teacher answer parsed. Check data/answers/*/train.parquet")
     settings.check_hardware()  # before the (possibly 7B) model is loaded
+    _use_local_gpu()
     model, processor = load_model(base, dtype=dtype, max_image_pixels=settings.max_image_pixels)
     if rows.is_empty():
         log.warning("no training rows: saving an untrained adapter (the base model's answers) to %s", out_dir)
-        Path(live_dir).mkdir(parents=True, exist_ok=True)
+        if is_main_process():
+            Path(live_dir).mkdir(parents=True, exist_ok=True)
         _save_adapter(
             get_peft_model(model, lora_config(lora)),
             out_dir,
@@ -375,16 +488,18 @@ def run_stage2(
             len(pairs),
             out_dir,
         )
-        out = Path(out_dir)
-        if out.exists():
-            shutil.rmtree(out)
-        shutil.copytree(stage1, out)  # same adapter, same base, same (absent) parent
-        Path(live_dir).mkdir(parents=True, exist_ok=True)
+        if is_main_process():
+            out = Path(out_dir)
+            if out.exists():
+                shutil.rmtree(out)
+            shutil.copytree(stage1, out)  # same adapter, same base, same (absent) parent
+            Path(live_dir).mkdir(parents=True, exist_ok=True)
         return False
     for phase, run in ((settings.sft, do_sft), (settings.dpo, do_dpo)):
         if run:
             phase.check_hardware()  # before the model is loaded
     max_image_pixels = settings.max_image_pixels or adapter_info(stage1).get("max_image_pixels")
+    _use_local_gpu()
     model, processor = load_student(base, stage1, dtype=dtype, max_image_pixels=max_image_pixels)
     model = get_peft_model(model, lora_config(settings.lora))  # one new LoRA, trained by SFT then DPO
     if do_sft:
