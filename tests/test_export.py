@@ -24,7 +24,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from mmkd import export as export_module
 from mmkd.cli import main
-from mmkd.export import EXPORT_INFO, ExportError, chain_hashes, export_model, resolve_threshold
+from mmkd.export import EXPORT_INFO, ExportError, chain_hashes, export_model, resolve_threshold, vllm_ready
 from mmkd.modeling import ADAPTER_INFO, load_student, user_turn, write_adapter_info
 from mmkd.prompts import get_prompt
 from mmkd.schema import read_items
@@ -406,3 +406,49 @@ def test_a_failed_export_leaves_nothing_behind(chain, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="disk full"):
         export_model(chain("llava"), tmp_path / "export", metrics_path=None, params_path=None)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("arch", ["qwen2_vl", "llava"])
+def test_vllm_ready_copies_a_model_directory_into_the_layout_vllm_loads(arch, tiny_models, tmp_path, capsys):
+    """A demo teacher (no adapter): the stock processor class with its video processor (Qwen2-VL), the CLIP tower
+    under vision_tower.vision_model.* (LLaVA); the same tensors and answers in transformers, the source untouched."""
+    source = tiny_models[arch]
+    before = {p.name: p.read_bytes() for p in source.iterdir() if p.is_file()}
+    out = tmp_path / "ready"
+    assert main(["vllm-ready", str(source), "--out", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["out"] == str(out) and {p.name for p in out.iterdir()} == set(before)
+    assert {p.name: p.read_bytes() for p in source.iterdir() if p.is_file()} == before
+    assert list(tmp_path.iterdir()) == [out]  # no partial directory left beside it
+    keys = load_file(out / "model.safetensors").keys()
+    if arch == "qwen2_vl":
+        assert summary == summary | {"processor_class": "Qwen2VLProcessor", "vllm_layout": False}
+        config = json.loads((out / "processor_config.json").read_text())
+        assert config["video_processor"]["video_processor_type"] == "Qwen2VLVideoProcessor"
+        assert json.loads((out / "tokenizer_config.json").read_text())["processor_class"] == "Qwen2VLProcessor"
+        assert "ImageOnly" not in "".join(p.read_text() for p in out.glob("*.json"))
+    else:
+        assert summary == summary | {"processor_class": "LlavaProcessor", "vllm_layout": True}
+        assert any(k.startswith("vision_tower.vision_model.") for k in keys)
+        assert not any(k.startswith(("vision_tower.embeddings.", "vision_tower.encoder.")) for k in keys)
+    original = AutoModelForImageTextToText.from_pretrained(source).state_dict()
+    ready = AutoModelForImageTextToText.from_pretrained(out).state_dict()
+    assert ready.keys() == original.keys() and all(torch.equal(ready[k], original[k]) for k in original)
+
+
+def test_vllm_ready_refuses_adapters_and_what_is_in_the_way(chain, tiny_models, tmp_path):
+    with pytest.raises(ExportError, match="mmkd export"):
+        vllm_ready(chain("llava", 1), tmp_path / "out")
+    with pytest.raises(ExportError, match="no config.json"):
+        vllm_ready(tmp_path, tmp_path / "out")
+    with pytest.raises(ExportError, match="overlaps the input"):
+        vllm_ready(tiny_models["llava"], tiny_models["llava"] / "ready")
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "keep.txt").write_text("mine")
+    with pytest.raises(ExportError, match="not empty"):
+        vllm_ready(tiny_models["llava"], busy)
+    vllm_ready(tiny_models["llava"], busy, overwrite=True)
+    assert not (busy / "keep.txt").exists() and (busy / "model.safetensors").is_file()
+    with pytest.raises(SystemExit, match="mmkd vllm-ready: .* is an adapter"):
+        main(["vllm-ready", str(chain("llava", 1)), "--out", str(tmp_path / "cli")])

@@ -1,4 +1,5 @@
 """The ``mmkd`` command line: ``predict`` (one item or a file of items), ``export`` (one standalone model directory),
+``vllm-ready`` (a model directory in the layout vLLM loads),
 ``compose`` (conf/ -> params.yaml),
 ``report`` (an offline HTML report of a run), ``summarize`` (mean ± sd over experiments, e.g. seeds) and
 ``label-curve`` (the label-efficiency plot from a sweep of experiments)."""
@@ -77,6 +78,17 @@ def _export(args: argparse.Namespace) -> int:
     except (ExportError, ValueError) as exc:
         raise SystemExit(f"mmkd export: {exc}") from None
     summary.pop("files")
+    print(json.dumps(summary))
+    return 0
+
+
+def _vllm_ready(args: argparse.Namespace) -> int:
+    from mmkd.export import ExportError, vllm_ready
+
+    try:
+        summary = vllm_ready(args.model, args.out, overwrite=args.overwrite)
+    except (ExportError, ValueError) as exc:
+        raise SystemExit(f"mmkd vllm-ready: {exc}") from None
     print(json.dumps(summary))
     return 0
 
@@ -222,6 +234,14 @@ def main(argv: list[str] | None = None) -> int:
         help="keep transformers' own vision-tower key names (default: vLLM's, which transformers also loads)",
     )
     e.set_defaults(func=_export)
+
+    v = sub.add_parser(
+        "vllm-ready", help="copy a model directory (not an adapter) into the layout vLLM loads (docs/serving.md)"
+    )
+    v.add_argument("model", help="a model directory, e.g. models/demo/teacher_llava")
+    v.add_argument("--out", required=True, help="the model directory to write")
+    v.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
+    v.set_defaults(func=_vllm_ready)
 
     c = sub.add_parser("compose", help="compose conf/ into params.yaml (what `dvc exp run` does)")
     c.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. data=demo_ci stage2.dpo.beta=0.2")

@@ -12,6 +12,9 @@ Two rewrites make the directory independent of mmkd (both are what real checkpoi
   its stock transformers parent, with the ``video_processor`` entry the stock class needs;
 - with ``vllm_layout``, a LLaVA / LLaVA-NeXT CLIP tower is saved as ``vision_tower.vision_model.*``, the layout of
   the llava-hf checkpoints, which vLLM expects and transformers still loads.
+
+``vllm_ready`` (``mmkd vllm-ready DIR --out OUT``) applies the same two rewrites to a copy of any model directory
+that is not an adapter chain (a demo teacher, a model saved by transformers 5.2x), so that vLLM serves it.
 """
 
 from __future__ import annotations
@@ -158,6 +161,45 @@ def export_model(
         "processor_class": processor_class,
         "vllm_layout": renamed,
     }
+
+
+def vllm_ready(model_dir: str | Path, out: str | Path, *, overwrite: bool = False) -> dict:
+    """Copy the model directory ``model_dir`` to ``out`` in the layout vLLM loads: a stock processor class (with the
+    video processor entry it needs) and a LLaVA-family CLIP tower under ``vision_tower.vision_model.*``; weights and
+    answers are unchanged (transformers loads either). Returns ``out``, ``processor_class``, ``vllm_layout`` (whether
+    tensors were renamed) and ``seconds``. An adapter directory is refused: ``export_model`` merges it first (vLLM
+    refuses an adapter that trains ``lm_head``)."""
+    started = time.perf_counter()
+    model_dir, out = Path(model_dir), Path(out)
+    if (model_dir / ADAPTER_INFO).is_file() or (model_dir / "adapter_config.json").is_file():
+        raise ExportError(f"{model_dir} is an adapter; merge it into a model with `mmkd export {model_dir} --out DIR`")
+    if not (model_dir / "config.json").is_file():
+        raise ExportError(f"{model_dir} is not a model directory (no config.json); give a saved model")
+    _check_out(out, overwrite=overwrite, inputs=[str(model_dir)])
+
+    from transformers import AutoConfig, AutoProcessor
+
+    from mmkd.modeling import register_processor_plugins
+
+    register_processor_plugins()  # the demo's image-only processors, which are to be renamed
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        shutil.copytree(model_dir, tmp, dirs_exist_ok=True)
+        config = AutoConfig.from_pretrained(tmp)
+        processor = AutoProcessor.from_pretrained(tmp)
+        if not (tmp / "processor_config.json").is_file():  # an older layout: the processor's own file first
+            processor.save_pretrained(tmp)
+        processor_class = _stock_processor_class(tmp, processor, config.model_type)
+        renamed = _rename_tower_for_vllm(tmp, config)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    seconds = round(time.perf_counter() - started, 2)
+    return {"out": str(out), "processor_class": processor_class, "vllm_layout": renamed, "seconds": seconds}
 
 
 def check_chain(adapter: str | Path) -> tuple[str | None, list[str]]:
