@@ -111,12 +111,50 @@ def test_structured_output_json_schema_is_requested_and_rewritten_into_the_answe
     assert parse_answer(replies[0].text).label == "falsified"
 
 
-def test_structured_output_choice_sends_guided_choice():
+def test_structured_output_choice_sends_the_labels_in_structured_outputs():
+    """vLLM's current field by default (0.12+ ignores ``guided_choice``), beside the other options of extra_body."""
+    extra = {"top_k": 1, "structured_outputs": {"backend": "xgrammar"}}
     with FaultInjectingChatServer(answer="pristine") as server:
-        replies = teacher(server.base_url, structured_output="choice", extra_body={"top_k": 1}).answer(requests(1))
+        t = teacher(server.base_url, structured_output="choice", extra_body=extra)
+        replies = t.answer(requests(1))
         body = server.requests[0].body
-    assert body["guided_choice"] == ["pristine", "falsified"] and body["top_k"] == 1
+    assert body["structured_outputs"] == {"backend": "xgrammar", "choice": ["pristine", "falsified"]}
+    assert "guided_choice" not in body and body["top_k"] == 1
+    assert extra["structured_outputs"] == {"backend": "xgrammar"}  # the config's own dict is not changed
     assert parse_answer(replies[0].text).label == "pristine"
+
+
+def test_structured_outputs_field_guided_sends_guided_choice_for_older_servers():
+    with FaultInjectingChatServer(answer="pristine") as server:
+        t = teacher(server.base_url, structured_output="choice", structured_outputs_field="guided")
+        replies = t.answer(requests(1))
+        body = server.requests[0].body
+    assert body["guided_choice"] == ["pristine", "falsified"] and "structured_outputs" not in body
+    assert parse_answer(replies[0].text).label == "pristine"
+
+
+def test_the_structured_outputs_field_is_part_of_the_cache_key_and_checked():
+    current = teacher("http://127.0.0.1:1/v1", structured_output="choice").identity()
+    guided = teacher("http://127.0.0.1:1/v1", structured_output="choice", structured_outputs_field="guided")
+    assert current != guided.identity()  # answers asked the old way may have been unconstrained: ask again
+    # without choice the field changes nothing that is sent, so neither the key
+    assert (
+        teacher("http://127.0.0.1:1/v1").identity()
+        == teacher("http://127.0.0.1:1/v1", structured_outputs_field="guided").identity()
+    )
+    with pytest.raises(ValueError, match="structured_outputs_field must be one of"):
+        teacher("http://127.0.0.1:1/v1", structured_outputs_field="guided_choice")
+
+
+def test_a_choice_answer_that_is_not_a_label_warns_once_about_the_field(caplog):
+    """A server that ignores the field answers free text: said once, naming the other field; the items go on."""
+    with FaultInjectingChatServer(answer="Label: pristine. Rationale: fine.") as server:
+        t = teacher(server.base_url, structured_output="choice", structured_outputs_field="guided")
+        with caplog.at_level("WARNING", logger="mmkd.inference.openai_compat"):
+            replies = t.answer(requests(3))
+    warnings = [r.getMessage() for r in caplog.records if "did not constrain" in r.getMessage()]
+    assert len(warnings) == 1 and "structured_outputs_field: structured_outputs" in warnings[0]
+    assert all(r.error is None for r in replies)
 
 
 def test_image_is_sent_as_a_base64_data_url_of_the_file(tmp_path):

@@ -58,8 +58,13 @@ log = logging.getLogger(__name__)
 
 # Structured output, for servers that support it. ``json_schema``: the standard ``response_format`` with the answer
 # schema below (vLLM, SGLang, TGI, OpenAI); the JSON reply is rewritten into the answer format that mmkd.parsing
-# reads. ``choice``: vLLM's ``guided_choice`` over the labels (an answer without rationale).
+# reads. ``choice``: vLLM's choice over the labels (an answer without rationale), in the request field named by
+# ``structured_outputs_field`` (see CHOICE_FIELDS).
 STRUCTURED_OUTPUTS = ("json_schema", "choice")
+# Where a ``choice`` request puts the labels. ``structured_outputs``: ``{"structured_outputs": {"choice": [...]}}``,
+# vLLM's field since 0.10.2 and its only one since 0.12 (which drops ``guided_choice`` with a warning and answers
+# unconstrained). ``guided``: ``{"guided_choice": [...]}``, for vLLM before 0.10.2.
+CHOICE_FIELDS = ("structured_outputs", "guided")
 ANSWER_JSON_SCHEMA = {
     "type": "object",
     "properties": {"label": {"type": "string", "enum": list(LABELS)}, "rationale": {"type": "string"}},
@@ -101,6 +106,8 @@ class OpenAICompatConfig:
         after which a server is taken out of rotation for the rest of the run.
     temperature, top_p, seed, max_tokens: sampling; part of the cache key.
     structured_output: null, ``json_schema`` or ``choice`` (see STRUCTURED_OUTPUTS).
+    structured_outputs_field: the request field of ``choice``: ``structured_outputs`` (vLLM >= 0.10.2) or ``guided``
+        (``guided_choice``, older vLLM); see CHOICE_FIELDS. Part of the cache key.
     top_logprobs: alternatives per token to ask for (0 to 20) to read the score from (see ``label_slot_score``);
         null: ask for no logprobs, scores are None. Not part of the cache key (logprobs do not change the text).
     extra_body: other server-specific request fields, sent as they are (part of the cache key).
@@ -120,6 +127,7 @@ class OpenAICompatConfig:
     top_p: float | None = None
     seed: int | None = None
     structured_output: str | None = None
+    structured_outputs_field: str = "structured_outputs"
     top_logprobs: int | None = 20
     extra_body: dict = field(default_factory=dict)
     price_per_million_prompt_tokens: float | None = None
@@ -138,6 +146,10 @@ class OpenAICompatConfig:
             raise ValueError(f"drop_server_after must be >= 1 failed attempts, got {self.drop_server_after}")
         if self.structured_output not in (None, *STRUCTURED_OUTPUTS):
             raise ValueError(f"structured_output must be null or one of {STRUCTURED_OUTPUTS}")
+        if self.structured_outputs_field not in CHOICE_FIELDS:
+            raise ValueError(
+                f"structured_outputs_field must be one of {CHOICE_FIELDS}, got {self.structured_outputs_field!r}"
+            )
         top = self.top_logprobs
         if top is not None and (not isinstance(top, int) or isinstance(top, bool) or not 0 <= top <= MAX_TOP_LOGPROBS):
             raise ValueError(f"top_logprobs must be null or an integer from 0 to {MAX_TOP_LOGPROBS}, got {top!r}")
@@ -162,8 +174,10 @@ class OpenAICompatConfig:
                 "type": "json_schema",
                 "json_schema": {"name": "mmkd_answer", "schema": ANSWER_JSON_SCHEMA, "strict": True},
             }
-        elif self.structured_output == "choice":
+        elif self.structured_output == "choice" and self.structured_outputs_field == "guided":
             extra["guided_choice"] = list(LABELS)
+        elif self.structured_output == "choice":  # kept beside other options given in extra_body (e.g. a backend)
+            extra["structured_outputs"] = {**extra.get("structured_outputs", {}), "choice": list(LABELS)}
         if extra:
             fields["extra_body"] = extra
         return fields
@@ -214,6 +228,7 @@ class OpenAICompatBackend:
         self.usage = BackendUsage(prompt_tokens=0, completion_tokens=0)
         self.health = {url: ServerHealth(url) for url in config.base_urls}
         self.stopped: str | None = None  # why no server can be asked any more in this run
+        self._warned_unconstrained = False  # a choice answer that is not a label was seen (warned once)
         self._items_sent = 0
         # httpx2 logs every request at INFO: one line per item of a 70k-item run. Failures are logged here instead.
         logging.getLogger("httpx2").setLevel(logging.WARNING)
@@ -395,6 +410,16 @@ class OpenAICompatBackend:
             raise MalformedReply(f"malformed reply: not a chat completion ({type(exc).__name__})") from None
         if not isinstance(text, str):
             raise MalformedReply("malformed reply: no text content in the first choice")
+        if self.config.structured_output == "choice" and text.strip() not in LABELS and not self._warned_unconstrained:
+            self._warned_unconstrained = True  # e.g. vLLM >= 0.12 asked with guided_choice: warn once, keep going
+            other = next(f for f in CHOICE_FIELDS if f != self.config.structured_outputs_field)
+            log.warning(
+                "teacher %r: a structured_output: choice answer is not one of the labels (%r): the server did not "
+                "constrain it to the labels; if it is vLLM, try structured_outputs_field: %s",
+                self.name,
+                text[:80],
+                other,
+            )
         return structured_to_answer(text.strip(), self.config.structured_output)  # stripped, as the local backend
 
 
