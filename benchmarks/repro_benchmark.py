@@ -112,6 +112,9 @@ def main() -> None:
         "HF_HUB_OFFLINE": "1",
     }
     tmp = Path(tempfile.mkdtemp(prefix="mmkd-bench-"))
+    # The copy's own code, not the editable install's: edits made in this checkout while the run goes on must not
+    # reach it (PYTHONPATH comes before the install's .pth entry on sys.path)
+    env["PYTHONPATH"] = str(tmp / "src")
     try:
         copy_repo(tmp)
         subprocess.run([sys.executable, "-m", "mmkd.cli", "compose", *args.overrides], cwd=tmp, env=env, check=True)

@@ -1,5 +1,6 @@
-"""Stage `label@<teacher>`: one teacher answers every train and test item -> data/answers/<teacher>/<split>.parquet,
-with its accounting in metrics/teachers/<teacher>.json (see mmkd.teacher_labelling).
+"""Stage `label@<teacher>`: one teacher answers every train, val and test item, and every item of each extra test
+set (`data.test_sets`) -> data/answers/<teacher>/<split>.parquet and test_sets/<set>.parquet, with its accounting in
+metrics/teachers/<teacher>.json (see mmkd.teacher_labelling).
 
 Outside DVC, the same script spreads a large run over machines: ``--shard I/N`` labels shard I of N (0-based) into
 the answer cache only, ``--merge FILE...`` copies shard caches into this machine's cache, and then
@@ -11,9 +12,10 @@ the answer format): they are cached for good otherwise; the new answers replace 
 
 import argparse
 import logging
+from pathlib import Path
 
 from mmkd.console import setup_logging
-from mmkd.paths import answers_file, metrics_file, run_log_file
+from mmkd.paths import metrics_file, run_log_file
 from mmkd.stage_io import read_params, write_json
 from mmkd.teacher_labelling import LabelStageError, error_budget, label_teacher, merge_shard_caches
 
@@ -57,11 +59,12 @@ def main() -> None:
             params["data"]["dir"],
             shard=args.shard,
             retry_unparsed=args.retry_unparsed,
+            test_sets=params["data"]["test_sets"],
         )
         if not args.shard:  # a shard fills the cache only; the stage's outputs come from the merged cache
-            for split, answers in run.answers.items():
-                answers_file(name, split).parent.mkdir(parents=True, exist_ok=True)
-                answers.write_parquet(answers_file(name, split))
+            for path, answers in run.answers.items():
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                answers.write_parquet(path)
             write_json(metrics_file(f"teachers/{name}"), run.metrics)
         write_json(run_log_file(f"label/{name}{'.shard' if args.shard else ''}"), run.accounting)
         log.info("%s: %s", name, run.accounting)

@@ -20,6 +20,7 @@ CONFIG_REFERENCE = DOCS / "config.md"
 MAX_README_LINES = 250
 README_SECTIONS = [
     "Quick start",
+    "Deploying the detector",
     "The method in stages and modules",
     "From the demo to real models",
     "Experiments",
@@ -82,7 +83,7 @@ def normalise(path: list[str]) -> str:
         p[1] = "<group>"
         if len(p) > 3 and p[2] == "models":
             p[3] = "<model>"
-    if p[0] == "data" and len(p) > 2 and p[1] in ("world", "prepare"):
+    if p[0] == "data" and len(p) > 2 and p[1] in ("world", "prepare", "prepare_test"):
         p[2] = "<name>"
         if p[1] == "world" and len(p) > 4 and p[3] == "sizes":
             p = p[:4]  # a dict of split sizes: documented as one key

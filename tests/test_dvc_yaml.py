@@ -68,6 +68,21 @@ def test_only_bootstrap_depends_on_the_whole_world(stages, params):
     assert readers == WORLD_READERS
 
 
+def test_extra_test_sets_keep_their_gold_apart_and_only_evaluate_reads_it(stages, params):
+    """An extra test set's items and images (data/test_sets) are read by labelling and evaluate; its gold labels
+    (data/test_gold) by evaluate alone, and no stage depends on a folder above both."""
+    gold, items = PurePosixPath(paths.TEST_GOLD), PurePosixPath(paths.TEST_SETS)
+    readers = {
+        name.split("@")[0]
+        for name, stage in stages.items()
+        if any(gold == p or p in gold.parents for p in file_deps(stage))
+    }
+    assert readers == {"evaluate"}
+    labelling = {n for n, s in stages.items() if n.startswith("label@") and items in file_deps(s)}
+    assert labelling == {f"label@{t}" for t in params["teacher_names"]}
+    assert not any(p in gold.parents and p in items.parents for s in stages.values() for p in file_deps(s))
+
+
 @pytest.mark.parametrize(
     ("overrides", "writer"),
     [
@@ -201,6 +216,12 @@ def test_stage_outputs_are_the_paths_the_library_defines(stages, params):
             paths.metrics_file("evaluate"),
         },
         "bootstrap@demo": set(paths.bootstrap_dirs("demo")),
+        "world@demo": {
+            params["data"]["dir"],
+            paths.TEST_SETS / "ood",
+            paths.TEST_GOLD / "ood",
+            paths.metrics_file("world"),
+        },
     }
     for teacher in params["teacher_names"]:
         answers = {paths.answers_file(teacher, split).parent for split in paths.LABELLED_SPLITS}

@@ -45,6 +45,8 @@ STAGES = (
 # Everything DVC caches, so pushes and pulls: these outputs, and every folder in OUT_PARENTS (one per teacher/model).
 CACHED_OUTS = (
     "data/world",
+    "data/test_sets/ood",
+    "data/test_gold/ood",
     "data/split",
     "data/predictions",
     "dvclive/bootstrap/demo",
@@ -161,7 +163,18 @@ def test_first_repro_writes_metrics_and_outputs(pipeline: Pipeline):
     assert running_stages(pipeline.first_repro) == set(STAGES)
 
     evaluation = read_json(repo / "metrics/evaluate.json")
-    assert set(evaluation) == {"zero_shot", "stage1", "stage2", "teachers", "baselines", "significance"}
+    systems = {"zero_shot", "stage1", "stage2", "teachers", "baselines", "significance"}
+    assert set(evaluation) == systems | {"test_sets"}
+    # the out-of-distribution test set: every system, the same keys as on the test split
+    ood = evaluation["test_sets"]["ood"]
+    assert set(evaluation["test_sets"]) == {"ood"} and set(ood) == systems
+    for group in ("teachers", "baselines"):
+        assert {k: set(v) for k, v in ood[group].items()} == {k: set(v) for k, v in evaluation[group].items()}
+    assert {k: set(ood[k]) for k in ("zero_shot", "stage1", "stage2")} == {
+        k: set(evaluation[k]) for k in ("zero_shot", "stage1", "stage2")
+    }
+    assert ood["stage2"]["n"] == read_json(repo / "metrics/world.json")["ood"]["n"]
+    assert ood["stage2"]["threshold"] == evaluation["stage2"]["threshold"]  # one val threshold for every set
     assert set(evaluation["teachers"]) == set(TEACHERS)
     assert set(evaluation["baselines"]) == {"majority_vote", "random_budget", "gold_only"}
     entries = {name: evaluation[name] for name in ("zero_shot", "stage1", "stage2")}
@@ -205,9 +218,11 @@ def test_first_repro_writes_metrics_and_outputs(pipeline: Pipeline):
     predictions = {
         str(p.relative_to(repo / "data/predictions")) for p in (repo / "data/predictions").rglob("*.parquet")
     }
-    assert predictions == {"zero_shot.parquet", "stage1.parquet", "stage2.parquet"} | {
-        f"teachers/{t}.parquet" for t in TEACHERS
-    } | {f"baselines/{b}.parquet" for b in ("majority_vote", "random_budget", "gold_only")}, predictions
+    per_set = {"zero_shot.parquet", "stage1.parquet", "stage2.parquet"} | {f"teachers/{t}.parquet" for t in TEACHERS}
+    per_set |= {f"baselines/{b}.parquet" for b in ("majority_vote", "random_budget", "gold_only")}
+    assert predictions == per_set | {f"test_sets/ood/{p}" for p in per_set}, predictions
+    for teacher in TEACHERS:  # each teacher labelled the extra test set too
+        assert (repo / "data/answers" / teacher / "test_sets/ood.parquet").is_file(), teacher
     for stage in ("stage1", "stage2", "baselines/random_budget", "baselines/gold_only"):
         assert files_in(repo / "models" / stage) == ADAPTER_FILES, stage
     # random_budget reads exactly as many gold labels as the method, on other items

@@ -46,6 +46,28 @@ def baseline_dirs(baseline: str) -> tuple[Path, Path]:
     return BASELINE_MODELS / baseline, DVCLIVE / "baselines" / baseline
 
 
+# Extra test sets (``data.test_sets``): items and images in TEST_SETS/<set>/ (what labelling may read), gold labels
+# apart in TEST_GOLD/<set>/ (what only evaluate reads), written by the stage that makes the set (world@demo: ood;
+# prepare@<name>: e.g. verite)
+TEST_SETS = Path("data/test_sets")
+TEST_GOLD = Path("data/test_gold")
+
+
+def test_set_items(test_set: str) -> Path:
+    """``data/test_sets/<set>/test.parquet``: the items of an extra test set."""
+    return TEST_SETS / test_set / "test.parquet"
+
+
+def test_set_gold(test_set: str) -> Path:
+    """``data/test_gold/<set>/test.gold.parquet``: its gold labels, kept out of the folder labelling reads."""
+    return TEST_GOLD / test_set / "test.gold.parquet"
+
+
+def test_set_answers(teacher: str, test_set: str) -> Path:
+    """``data/answers/<teacher>/test_sets/<set>.parquet``: one teacher's answers to an extra test set."""
+    return ANSWERS / teacher / "test_sets" / f"{test_set}.parquet"
+
+
 def answers_file(teacher: str, split: str) -> Path:
     """``data/answers/<teacher>/<split>.parquet``: one teacher's answer to every item of a split."""
     return ANSWERS / teacher / f"{split}.parquet"

@@ -39,7 +39,9 @@ RANKING_COLUMNS = {
 def _fmt_ranking(key: str, value) -> str:
     if value is None:
         return "-"
-    return f"{100 * value:.1f}" if key.startswith("accuracy") else f"{value:.3f}"
+    if key.startswith("accuracy"):
+        return f"{100 * value:.1f}"
+    return f"{value:.6g}" if key == "threshold" else f"{value:.3f}"  # a threshold near 1 needs its digits
 
 
 def ranking_rows(evaluate: dict) -> list[tuple[str, list[str]]]:
@@ -79,6 +81,31 @@ def comparison_rows(evaluate: dict) -> list[tuple[str, str, str, str, str]]:
     return rows
 
 
+def cross_dataset(evaluate: dict) -> tuple[list[str], list[tuple[str, list[str]]]]:
+    """Each system's accuracy (%) on the test split and on every extra test set (``test_sets``), with its
+    per-pair accuracies where a set has finer classes (VERITE's true vs out-of-context, ...): column titles and
+    (system, cells) rows; none without an extra test set."""
+    extra = evaluate.get("test_sets") or {}
+    if not extra:
+        return [], []
+    sets = {"test": evaluate, **extra}
+    by_set = {name: dict(metrics_rows(table)) for name, table in sets.items()}
+    pairs = {
+        name: sorted({p for m in systems.values() for p in (m.get("accuracy_by_pair") or {})})
+        for name, systems in by_set.items()
+    }
+    columns = [c for name in sets for c in (name, *(f"{name}: {p}" for p in pairs[name]))]
+    rows = []
+    for system, _ in metrics_rows(evaluate):
+        cells = []
+        for name in sets:
+            m = by_set[name].get(system, {})
+            cells.append(_fmt(m.get("accuracy")))
+            cells += [_fmt((m.get("accuracy_by_pair") or {}).get(p)) for p in pairs[name]]
+        rows.append((system, cells))
+    return columns, rows
+
+
 def markdown_table(evaluate: dict, split: dict | None = None) -> str:
     """The metrics table (accuracies in %, with the Wilson 95 % interval) as Markdown, then Stage 2 against the
     others (paired), then the labelling cost."""
@@ -100,6 +127,10 @@ def markdown_table(evaluate: dict, split: dict | None = None) -> str:
             + "---:|" * len(RANKING_COLUMNS)
             + "\n"
         )
+        body += "".join(f"| {n} | " + " | ".join(cells) + " |\n" for n, cells in rows)
+    columns, rows = cross_dataset(evaluate)
+    if rows:
+        body += "\n| accuracy (%) on | " + " | ".join(columns) + " |\n|---|" + "---:|" * len(columns) + "\n"
         body += "".join(f"| {n} | " + " | ".join(cells) + " |\n" for n, cells in rows)
     if split:
         rule = split.get("selection", {}).get("rule", "conflict")
@@ -192,6 +223,17 @@ def html_report(root: str | Path = ".") -> str:
             "</table><p>score = P(falsified) at the answer's label slot; falsified is the positive class. ECE: 10 "
             "equal-width bins. The threshold is chosen on val (best accuracy, or a false-positive budget).</p>"
         )
+    columns, rows = cross_dataset(evaluate)
+    if rows:
+        parts.append(
+            "<h2>Accuracy on each test set (%)</h2><table><tr><th>system</th>"
+            + "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+            + "</tr>"
+        )
+        parts += [
+            f"<tr><th>{html.escape(n)}</th>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>" for n, cells in rows
+        ]
+        parts.append("</table>")
     if split:
         parts.append(f"<p>Gold labels used: {split['gold_labels_read']} of {split['n_items']} training items.</p>")
     parts.append("<h2>Training loss</h2>")

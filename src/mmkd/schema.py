@@ -26,6 +26,9 @@ ITEM_SCHEMA: dict[str, pl.DataType] = {
 }
 
 GOLD_SCHEMA: dict[str, pl.DataType] = {"id": pl.String(), "gold_label": pl.String()}
+# A dataset's own finer class, where it has one (VERITE: true, miscaptioned, out-of-context): kept by read_gold,
+# so that per-class accuracy can be reported (mmkd.evaluation.class_accuracies)
+GOLD_CLASS_SCHEMA: dict[str, pl.DataType] = {**GOLD_SCHEMA, "gold_class": pl.String()}
 
 # Status of one answer. ``ok``: parsed; ``unparsed``: the text did not follow the answer format (kept, never
 # guessed); ``error``: the backend failed on this item; ``skipped``: the item itself is bad (missing image, ...);
@@ -123,9 +126,10 @@ def read_items(path: str | Path) -> pl.DataFrame:
 
 
 def read_gold(path: str | Path) -> pl.DataFrame:
-    """Read gold labels and check every value is a known label."""
+    """Read gold labels and check every value is a known label (``gold_class`` is kept where the file has it)."""
     path = Path(path)
-    df = _conform(pl.read_parquet(path), GOLD_SCHEMA, path)
+    raw = pl.read_parquet(path)
+    df = _conform(raw, GOLD_CLASS_SCHEMA if "gold_class" in raw.columns else GOLD_SCHEMA, path)
     bad = df.filter(~pl.col("gold_label").is_in(LABELS))
     if len(bad):
         raise SchemaError(

@@ -21,7 +21,7 @@ from mmkd.answer_cache import AnswerCache, cache_dir_for, cache_path
 from mmkd.inference import LabelSettings, label_settings, make_backend
 from mmkd.inference.openai_compat import ConfigError
 from mmkd.labelling import LabelTally, label_items, run_accounting, shard_items, teacher_metrics
-from mmkd.paths import LABELLED_SPLITS, answers_file, items_file
+from mmkd.paths import LABELLED_SPLITS, answers_file, items_file, test_set_answers, test_set_items
 from mmkd.schema import SchemaError, answers_frame, read_answers, read_items
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ class LabelStageError(RuntimeError):
 class TeacherRun:
     """What one labelling run produced."""
 
-    answers: dict[str, pl.DataFrame] = field(default_factory=dict)  # split -> answers (empty for a shard run)
+    answers: dict[str, pl.DataFrame] = field(default_factory=dict)  # answers file -> answers (none for a shard)
     metrics: dict = field(default_factory=dict)  # metrics/teachers/<teacher>.json: the labels (tracked)
     accounting: dict = field(default_factory=dict)  # logs/label/<teacher>.json: this run (untracked)
     tally: LabelTally = field(default_factory=LabelTally)
@@ -76,10 +76,16 @@ def merge_shard_caches(name: str, params: dict, files: list[str]) -> list[tuple[
     return merged
 
 
-def previous_answers(name: str, split: str) -> pl.DataFrame:
-    """The answers this stage wrote last time (kept by DVC: ``persist``; or pulled from a remote); empty when there
-    are none. An unreadable file is ignored with a warning: its items are then asked again."""
-    path = answers_file(name, split)
+def labelled_files(teacher: str, data_dir: str | Path, test_sets: list[str]) -> list[tuple[Path, Path]]:
+    """What one labelling run of ``teacher`` answers: (items file, answers file) pairs, for the splits of
+    ``data_dir`` (``LABELLED_SPLITS``) and each extra test set (``data/test_sets/<set>``)."""
+    files = [(items_file(data_dir, split), answers_file(teacher, split)) for split in LABELLED_SPLITS]
+    return files + [(test_set_items(s), test_set_answers(teacher, s)) for s in test_sets]
+
+
+def previous_answers(name: str, path: Path) -> pl.DataFrame:
+    """The answers this stage wrote last time at ``path`` (kept by DVC: ``persist``; or pulled from a remote); empty
+    when there are none. An unreadable file is ignored with a warning: its items are then asked again."""
     if not path.is_file():
         return answers_frame([])
     try:
@@ -96,9 +102,11 @@ def label_teacher(
     *,
     shard: tuple[int, int] | None = None,
     retry_unparsed: bool = False,
+    test_sets: list[str] = (),
 ) -> tuple[TeacherRun, LabelSettings, AnswerCache | None]:
-    """Teacher ``name`` answers every item of ``LABELLED_SPLITS`` (only shard I of N with ``shard=(I, N)``).
-    With ``retry_unparsed``, answers that do not parse (empty, or not in the answer format) are asked again.
+    """Teacher ``name`` answers every item of ``LABELLED_SPLITS`` and of the extra ``test_sets`` (only shard I of N
+    with ``shard=(I, N)``). With ``retry_unparsed``, answers that do not parse (empty, or not in the answer format)
+    are asked again. ``run.answers`` maps each answers file to its answers.
 
     Returns the run, the teacher's labelling settings and its cache (still open, or None)."""
     settings = teacher_settings(name, params)
@@ -108,8 +116,8 @@ def label_teacher(
         raise LabelStageError(f"label@{name}: {exc}") from None
     cache = open_cache(name, settings, required=shard is not None)
     run, start = TeacherRun(), time.perf_counter()
-    for split in LABELLED_SPLITS:
-        items = read_items(items_file(data_dir, split))
+    for items_path, answers_path in labelled_files(name, data_dir, list(test_sets)):
+        items = read_items(items_path)
         if shard is not None:
             items = shard_items(items, *shard)
         try:
@@ -120,13 +128,13 @@ def label_teacher(
                 prompt_version=settings.prompt_version,
                 cache=cache,
                 tally=run.tally,
-                previous=previous_answers(name, split),
+                previous=previous_answers(name, answers_path),
                 retry_unparsed=retry_unparsed,
             )
         except ConfigError as exc:  # the server refused the key, the model or the URL
             raise LabelStageError(str(exc)) from None
         if shard is None:
-            run.answers[split] = answers
+            run.answers[str(answers_path)] = answers
     run.metrics = teacher_metrics(backend, run.tally)
     run.accounting = run_accounting(backend, run.tally, time.perf_counter() - start)
     return run, settings, cache

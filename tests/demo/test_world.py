@@ -158,3 +158,32 @@ def test_render_draws_the_object_in_its_colour(place, shape):
     pixels = np.asarray(render(scene))
     assert tuple(pixels[28, 28]) == COLOUR_RGB["purple"]  # the centre of every shape is filled
     assert tuple(pixels[2, 2]) != COLOUR_RGB["purple"]  # the corner is backdrop
+
+
+def test_the_ood_split_is_deterministic_and_differs_from_train_only_in_its_wording(tmp_path):
+    """The out-of-distribution test set: same seed, same bytes; every caption is an OOD wording that no other
+    split uses; scenes and labels are drawn as for test (balanced, every mismatch kind)."""
+    from mmkd.demo.world import OOD_TEMPLATES, TEMPLATES, make_ood_split
+
+    first = make_ood_split(tmp_path / "a", tmp_path / "a_gold", n=40, seed=3)
+    make_ood_split(tmp_path / "b", tmp_path / "b_gold", n=40, seed=3)
+    for name in ("test.parquet", "images/ood-000007.png", "_gold/test.gold.parquet", "_gold/test.spec.parquet"):
+        folder, name = ("a_gold", name[6:]) if name.startswith("_gold/") else ("a", name)
+        other = folder.replace("a", "b", 1)
+        assert (tmp_path / folder / name).read_bytes() == (tmp_path / other / name).read_bytes(), name
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["images", "test.parquet"]  # no labels here
+    assert first["labels"] == {"pristine": 20, "falsified": 20}
+    assert all(first["mismatch"][k] > 0 for k in ("colour", "shape", "place"))
+
+    def wording(text: str, templates) -> int | None:
+        skeletons = [t.split("{")[0] for t in templates]
+        return next((i for i, head in enumerate(skeletons) if text.startswith(head)), None)
+
+    ood = pl.read_parquet(tmp_path / "a/test.parquet")
+    assert ood["id"][0].startswith("ood-")
+    assert all(wording(c, OOD_TEMPLATES) is not None and wording(c, TEMPLATES) is None for c in ood["caption"])
+    assert len({wording(c, OOD_TEMPLATES) for c in ood["caption"]}) == len(OOD_TEMPLATES)  # every wording is used
+    world = tmp_path / "world"
+    make_world(world, seed=3, sizes={"train": 40})
+    train = pl.read_parquet(world / "train.parquet")
+    assert all(wording(c, OOD_TEMPLATES) is None for c in train["caption"])  # training never sees the wordings

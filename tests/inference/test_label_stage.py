@@ -26,7 +26,7 @@ from mmkd.schema import read_answers
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY_ENV = "MMKD_TEST_LABEL_KEY"
-SPLITS = {"train": 6, "test": 4}
+SPLITS = {"train": 6, "val": 2, "test": 4}
 
 
 @pytest.fixture
@@ -54,6 +54,9 @@ def repo(tmp_path, server) -> Path:
         )
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["data"]["dir"] = "data/world"
+    params["data"]["test_sets"] = []  # no extra test set: data/test_sets holds only its README, as in git
+    (repo / "data/test_sets").mkdir(parents=True)
+    (repo / "data/test_sets/README.md").write_text("extra test sets\n")
     params["teachers"] = {
         "srv": {
             "backend": "openai",

@@ -52,7 +52,7 @@ from mmkd.data.records import (
     short_repr,
 )
 from mmkd.data.staging import check_apart, staged_folder
-from mmkd.schema import FALSIFIED, GOLD_SCHEMA, PRISTINE
+from mmkd.schema import FALSIFIED, GOLD_CLASS_SCHEMA, PRISTINE
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ CLASSES: tuple[str, ...] = (TRUE, MISCAPTIONED, OUT_OF_CONTEXT)
 LABEL_OF_CLASS: dict[str, str] = {TRUE: PRISTINE, MISCAPTIONED: FALSIFIED, OUT_OF_CONTEXT: FALSIFIED}
 
 # The gold table of VERITE: the binary label and the class it came from.
-VERITE_GOLD_SCHEMA: dict[str, pl.DataType] = {**GOLD_SCHEMA, "gold_class": pl.String()}
+VERITE_GOLD_SCHEMA: dict[str, pl.DataType] = GOLD_CLASS_SCHEMA
 
 COLUMNS = ("caption", "image_path", "label")  # after the index column
 INDEX_NAMES = ("", "Unnamed: 0")  # the release's unnamed pandas index; pandas names it "Unnamed: 0" when re-saved

@@ -4,6 +4,11 @@ A ``pristine`` item's caption describes its own image. A ``falsified`` item's ca
 that differs from the image in exactly one attribute (colour, shape or place), so a detector must check all three.
 Everything is deterministic from the seed; each split has its own random streams, so resizing one split leaves the
 others byte-identical.
+
+The out-of-distribution test set (``make_ood_split``) differs from every other split in one controlled way: its
+captions (and the evidence captions) use ``OOD_TEMPLATES``, wordings that no split used for bootstrapping,
+training, val or test ever shows. Scenes, images, labels and mismatch kinds are drawn exactly as for ``test``, so
+what changes is how the news is phrased, not what it is about.
 """
 
 from __future__ import annotations
@@ -53,6 +58,14 @@ TEMPLATES: tuple[str, ...] = (
     "A {colour} {shape} draws crowds in the {place}.",
     "Residents of the {place} discover a {colour} {shape}.",
     "Police investigate a {colour} {shape} found in the {place} overnight.",
+)
+# The out-of-distribution wordings: other verbs, word orders and framing; the same three attribute words.
+OOD_TEMPLATES: tuple[str, ...] = (
+    "In the {place} today, reporters photographed a {colour} {shape}.",
+    "Breaking: {colour} {shape} spotted over the {place}, sources say.",
+    "Is this {colour} {shape} really in the {place}? Locals weigh in.",
+    "The {place} council confirms a {colour} {shape} appeared overnight.",
+    "Tourists flock to see the {colour} {shape} at the {place}.",
 )
 
 # What the model-bootstrap code reads to build training targets: the image's and the caption's attributes.
@@ -104,9 +117,9 @@ def random_scene(rng: np.random.Generator) -> Scene:
     return Scene(colour, shape, place, size=size, x=x, y=y, texture_seed=int(rng.integers(2**31)))
 
 
-def caption(scene: Scene, template: int = 0) -> str:
-    """The news caption of a scene, from one of ``TEMPLATES``."""
-    return TEMPLATES[template].format(colour=scene.colour, shape=scene.shape, place=scene.place)
+def caption(scene: Scene, template: int = 0, templates: tuple[str, ...] = TEMPLATES) -> str:
+    """The news caption of a scene, from one of ``templates`` (``TEMPLATES``, or ``OOD_TEMPLATES``)."""
+    return templates[template].format(colour=scene.colour, shape=scene.shape, place=scene.place)
 
 
 def _backdrop(place: str, image_size: int, rng: np.random.Generator) -> np.ndarray:
@@ -167,10 +180,19 @@ def _split_rngs(seed: int, split: str) -> tuple[np.random.Generator, np.random.G
 
 
 def _make_split(
-    out_dir: Path, split: str, n: int, *, seed: int, image_size: int, evidence_noise: float
+    out_dir: Path,
+    split: str,
+    n: int,
+    *,
+    seed: int,
+    image_size: int,
+    evidence_noise: float,
+    templates: tuple[str, ...] = TEMPLATES,
+    stream: str | None = None,
 ) -> tuple[list[dict], list[dict], list[dict]]:
-    """Render a split's images and return its item, gold and spec rows (in the shuffled output order)."""
-    rng, ev_rng = _split_rngs(seed, split)
+    """Render a split's images and return its item, gold and spec rows (in the shuffled output order); ``stream``
+    names the random streams (default: the split's name)."""
+    rng, ev_rng = _split_rngs(seed, stream or split)
     labels = np.array([PRISTINE] * ((n + 1) // 2) + [FALSIFIED] * (n // 2))[rng.permutation(n)]
     items, gold, spec = [], [], []
     for i, label in enumerate(labels):
@@ -181,12 +203,12 @@ def _make_split(
         wrong = [v for v in VALUES[kind] if v != getattr(scene, kind)]
         negative = scene.replace(kind, wrong[rng.integers(len(wrong))])
         shown = scene if label == PRISTINE else negative
-        text = caption(shown, int(rng.integers(len(TEMPLATES))))
+        text = caption(shown, int(rng.integers(len(templates))), templates)
 
         seen = _noisy(scene, evidence_noise, ev_rng)
         n_captions = 1 + int(ev_rng.integers(2))
-        templates = ev_rng.integers(len(TEMPLATES), size=2)
-        found = [caption(_noisy(scene, evidence_noise, ev_rng), int(t)) for t in templates][:n_captions]
+        picks = ev_rng.integers(len(templates), size=2)
+        found = [caption(_noisy(scene, evidence_noise, ev_rng), int(t), templates) for t in picks][:n_captions]
 
         image_path = f"images/{item_id}.png"
         render(scene, image_size).save(out_dir / image_path, format="PNG", optimize=False)
@@ -250,3 +272,43 @@ def make_world(
         }
         log.info("world split %s: %s", split, summary["splits"][split])
     return summary
+
+
+def make_ood_split(
+    out_dir: str | Path,
+    gold_dir: str | Path,
+    *,
+    n: int,
+    seed: int,
+    image_size: int = 56,
+    evidence_noise: float = 0.2,
+) -> dict:
+    """Write the out-of-distribution test set as a ``test`` split: items and images in ``out_dir``
+    (``test.parquet``, ``images/``; ids ``ood-<index>``), gold labels and scene specs (which give the labels
+    away) apart in ``gold_dir`` (``test.gold.parquet``, ``test.spec.parquet``). Drawn as ``test`` is, with its own
+    random streams (named ``test_ood``), captions from ``OOD_TEMPLATES``. Returns its summary."""
+    if n < 1:
+        raise ValueError(f"the out-of-distribution split needs at least 1 item, got {n}")
+    out_dir, gold_dir = Path(out_dir), Path(gold_dir)
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    gold_dir.mkdir(parents=True, exist_ok=True)
+    items, gold, spec = _make_split(
+        out_dir,
+        "ood",  # ids and images ood-<index>: never confused with the main test split's
+        n,
+        seed=seed,
+        image_size=image_size,
+        evidence_noise=evidence_noise,
+        templates=OOD_TEMPLATES,
+        stream="test_ood",
+    )
+    items_frame(items).write_parquet(out_dir / "test.parquet", statistics=False)
+    pl.DataFrame(gold, schema=GOLD_SCHEMA).write_parquet(gold_dir / "test.gold.parquet", statistics=False)
+    pl.DataFrame(spec, schema=SPEC_SCHEMA).write_parquet(gold_dir / "test.spec.parquet", statistics=False)
+    labels, kinds = [g["gold_label"] for g in gold], [s["mismatch"] for s in spec]
+    return {
+        "n": n,
+        "templates": "ood",
+        "labels": {label: labels.count(label) for label in (PRISTINE, FALSIFIED)},
+        "mismatch": {kind: kinds.count(kind) for kind in MISMATCHES},
+    }

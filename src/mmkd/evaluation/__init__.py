@@ -137,3 +137,27 @@ def reliability_rows(answers: pl.DataFrame, gold: pl.DataFrame) -> pl.DataFrame:
         "n": pl.Int64,
     }
     return pl.DataFrame(reliability_bins(*scores_and_labels(answers, gold)), schema=schema)
+
+
+def class_accuracies(answers: pl.DataFrame, gold: pl.DataFrame) -> dict:
+    """Where the gold labels carry a finer class (``gold_class``, e.g. VERITE's ``true``, ``miscaptioned`` and
+    ``out-of-context``): the accuracy on each class (``accuracy_by_class``) and, for each falsified class, on it
+    together with the pristine classes (``accuracy_by_pair``, e.g. ``true_vs_out-of-context``: the usual
+    per-pair reporting). Empty where there is no class column."""
+    if "gold_class" not in gold.columns or gold["gold_class"].is_null().all():
+        return {}
+    hits = pl.Series("correct", correct(answers, gold))
+    table = gold.with_columns(hits)
+    by_class = {
+        c: round(float(table.filter(pl.col("gold_class") == c)["correct"].mean()), 6)
+        for c in sorted(table["gold_class"].drop_nulls().unique())
+    }
+    pristine = sorted(table.filter(pl.col("gold_label") != FALSIFIED)["gold_class"].drop_nulls().unique())
+    lies = sorted(table.filter(pl.col("gold_label") == FALSIFIED)["gold_class"].drop_nulls().unique())
+    by_pair = {
+        f"{'+'.join(pristine)}_vs_{c}": round(
+            float(table.filter(pl.col("gold_class").is_in([*pristine, c]))["correct"].mean()), 6
+        )
+        for c in lies
+    }
+    return {"accuracy_by_class": by_class, "accuracy_by_pair": by_pair}
