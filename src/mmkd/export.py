@@ -26,12 +26,12 @@ import json
 import logging
 import re
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import yaml
 
+from mmkd.data.staging import staged_folder
 from mmkd.inference.local import LocalConfig, _dir_sha256
 from mmkd.modeling import ADAPTER_INFO, DTYPES, adapter_info
 from mmkd.prompts import ANSWER_FORMAT, get_prompt
@@ -117,9 +117,7 @@ def export_model(
 
     log.info("merging %s into %s", " + ".join(chain), base)
     model, processor = load_student(base, chain[-1], dtype=dtype, device=device)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    try:
+    with staged_folder(out) as tmp:  # built beside out and swapped in at the end: a failure leaves nothing
         _untie_trained_head(model)
         _greedy_generation(model.generation_config, max_new_tokens)
         model.save_pretrained(tmp)
@@ -145,12 +143,6 @@ def export_model(
             export, name=out.name, metrics=metrics, params=params, system=system, base_model_id=base_model_id
         )
         (tmp / "README.md").write_text(card)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     return {
         "out": str(out),
@@ -182,9 +174,7 @@ def vllm_ready(model_dir: str | Path, out: str | Path, *, overwrite: bool = Fals
     from mmkd.modeling import register_processor_plugins
 
     register_processor_plugins()  # the demo's image-only processors, which are to be renamed
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    try:
+    with staged_folder(out) as tmp:
         shutil.copytree(model_dir, tmp, dirs_exist_ok=True)
         config = AutoConfig.from_pretrained(tmp)
         processor = AutoProcessor.from_pretrained(tmp)
@@ -192,12 +182,6 @@ def vllm_ready(model_dir: str | Path, out: str | Path, *, overwrite: bool = Fals
             processor.save_pretrained(tmp)
         processor_class = _stock_processor_class(tmp, processor, config.model_type)
         renamed = _rename_tower_for_vllm(tmp, config)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     seconds = round(time.perf_counter() - started, 2)
     return {"out": str(out), "processor_class": processor_class, "vllm_layout": renamed, "seconds": seconds}
 
