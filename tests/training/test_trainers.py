@@ -392,3 +392,22 @@ def test_a_baseline_with_no_rows_saves_an_untrained_adapter_and_stage1_refuses(t
     assert generate(adapted, processor, [prompt], [image], max_new_tokens=6) == generate(
         plain, processor, [prompt], [image], max_new_tokens=6
     )
+
+
+def test_training_logs_in_a_git_repo_without_a_commit(tmp_path, monkeypatch):
+    """`git init`, `dvc init`, `dvc repro` before any commit: dvclive alone stops there ("Empty git repo")."""
+    import subprocess
+
+    from dvc.repo import Repo
+
+    from mmkd.training.trainers import _live
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    Repo.init(str(tmp_path)).close()
+    monkeypatch.chdir(tmp_path)
+    live = _live(tmp_path / "live")
+    live.log_metric("loss", 1.5)
+    live.next_step()
+    live.end()
+    assert json.loads((tmp_path / "live/metrics.json").read_text())["loss"] == 1.5
+    assert (tmp_path / "live/plots/metrics/loss.tsv").read_text().splitlines()[1].split("\t")[1] == "1.5"

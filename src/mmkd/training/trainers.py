@@ -252,11 +252,28 @@ def _live_callbacks(live_dir: str | Path, params: dict) -> list[TrainerCallback]
     return [_live_callback(live_dir, params)] if is_main_process() else []
 
 
-def _live_callback(live_dir: str | Path, params: dict):
+def _live(live_dir: str | Path):
+    """A dvclive logger writing to ``live_dir``, also in a git repo without a commit yet (``git init``, ``dvc init``,
+    ``dvc repro``): dvclive 3.49 reads HEAD there before it checks for commits and stops with "Empty git repo"
+    (scmrepo's SCMError, which its own guard does not catch). There it logs as outside a DVC repo: the same files."""
     from dvclive import Live
+    from scmrepo.exceptions import SCMError
+
+    class _Live(Live):
+        def _init_dvc(self):
+            try:
+                super()._init_dvc()
+            except SCMError as err:
+                log.info("dvclive: %s; logging to %s as outside a DVC repo", err, live_dir)
+                self._dvc_repo, self._save_dvc_exp = None, False
+                self._dvc_file = self._init_dvc_file()
 
     # save_dvc_exp=False and dvcyaml=None: the pipeline, not dvclive, owns experiments and dvc.yaml.
-    live = Live(str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None)
+    return _Live(str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None)
+
+
+def _live_callback(live_dir: str | Path, params: dict):
+    live = _live(live_dir)
     live.log_params(params)
     return _StepAlignedDVCLive(live=live)
 
