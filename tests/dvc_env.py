@@ -31,3 +31,31 @@ def offline_env() -> dict[str, str]:
         PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
     )
     return env
+
+
+def run_ok(repo: Path, *args: str) -> subprocess.CompletedProcess:
+    """Run a command in ``repo`` in the offline environment; fail the test with its output if it fails."""
+    result = subprocess.run(list(args), cwd=repo, capture_output=True, text=True, env=offline_env())
+    assert result.returncode == 0, describe(result)
+    return result
+
+
+def dvc_ok(repo: Path, *args: str) -> subprocess.CompletedProcess:
+    """``dvc <args>`` in ``repo`` through this interpreter, as ``run_ok``."""
+    return run_ok(repo, sys.executable, "-m", "dvc", *args)
+
+
+def pipeline_repo(root: Path, repo: Path, params: dict) -> Path:
+    """``repo`` made a git + DVC repo (no commit) holding dvc.yaml, stages/, src/ and conf/ of the checkout at
+    ``root``, with ``params`` (composed by the test) as params.yaml."""
+    import shutil
+
+    import yaml
+
+    shutil.copy2(root / "dvc.yaml", repo / "dvc.yaml")
+    for folder in ("stages", "src", "conf"):
+        shutil.copytree(root / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run_ok(repo, "git", "init", "-q")
+    dvc_ok(repo, "init", "-q")
+    return repo

@@ -5,14 +5,12 @@ the items and metrics; a change to a raw file makes it stale."""
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from dvc_env import describe, offline_env
+from dvc_env import dvc_ok as dvc
+from dvc_env import pipeline_repo
 from newsclippings_fixture import EXPECTED_SUMMARY, MAX_PIXELS, build_raw
 
 from mmkd.cli import compose
@@ -22,27 +20,10 @@ ROOT = Path(__file__).resolve().parents[2]
 OVERRIDES = ["data=newsclippings", "bootstrap=none", f"data.prepare.newsclippings.max_image_pixels={MAX_PIXELS}"]
 
 
-def run(repo: Path, *args: str) -> subprocess.CompletedProcess:
-    result = subprocess.run(list(args), cwd=repo, capture_output=True, text=True, env=offline_env())
-    assert result.returncode == 0, describe(result)
-    return result
-
-
-def dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
-    return run(repo, sys.executable, "-m", "dvc", *args)
-
-
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
     """dvc.yaml, stages/, src/ and conf/ of this checkout, with params composed for NewsCLIPpings."""
-    repo = tmp_path_factory.mktemp("newsclippings_repo")
-    shutil.copy2(ROOT / "dvc.yaml", repo / "dvc.yaml")
-    for folder in ("stages", "src", "conf"):
-        shutil.copytree(ROOT / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    (repo / "params.yaml").write_text(yaml.safe_dump(compose(OVERRIDES, ROOT / "conf"), sort_keys=False))
-    run(repo, "git", "init", "-q")
-    dvc(repo, "init", "-q")
-    return repo
+    return pipeline_repo(ROOT, tmp_path_factory.mktemp("newsclippings_repo"), compose(OVERRIDES, ROOT / "conf"))
 
 
 def test_stage_list_has_prepare_and_no_demo_stages(repo):

@@ -15,14 +15,14 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import polars as pl
 import pytest
 import yaml
 from answering_models import trained_like
-from dvc_env import describe, offline_env
+from dvc_env import dvc_ok as dvc
+from dvc_env import pipeline_repo
 from newsclippings_fixture import MAX_PIXELS, build_raw
 from verite_fixture import EXPECTED_SUMMARY as VERITE_SUMMARY
 from verite_fixture import build_verite
@@ -66,16 +66,6 @@ TEACHER_TRAIN = TrainSettings(max_steps=100, batch_size=4, learning_rate=3e-3, l
 VERITE_CLASSES = ("miscaptioned", "out-of-context", "true")
 
 
-def run(repo: Path, *args: str) -> subprocess.CompletedProcess:
-    result = subprocess.run(list(args), cwd=repo, capture_output=True, text=True, env=offline_env())
-    assert result.returncode == 0, describe(result)
-    return result
-
-
-def dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
-    return run(repo, sys.executable, "-m", "dvc", *args)
-
-
 def running(result: subprocess.CompletedProcess) -> set[str]:
     """The stages a `dvc repro` ran."""
     return {line.split("'")[1] for line in result.stdout.splitlines() if line.startswith("Running stage '")}
@@ -103,14 +93,9 @@ def teachers_for(repo: Path, params: dict, tiny_models: dict[str, Path]) -> None
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, tiny_models) -> tuple[Path, subprocess.CompletedProcess]:
     """The temp repo after `dvc repro` of the two prepare stages, then of the rest; and the second repro's result."""
-    repo = tmp_path_factory.mktemp("verite_repo")
-    shutil.copy2(ROOT / "dvc.yaml", repo / "dvc.yaml")
-    for folder in ("stages", "src", "conf"):
-        shutil.copytree(ROOT / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     params = compose(OVERRIDES, ROOT / "conf")
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(repo, "git", "init", "-q")  # no commit: a run must not need one (dvclive alone stops: "Empty git repo")
-    dvc(repo, "init", "-q")
+    # no commit: a run must not need one (dvclive alone stops there: "Empty git repo")
+    repo = pipeline_repo(ROOT, tmp_path_factory.mktemp("verite_repo"), params)
 
     build_raw(repo / params["data"]["prepare"]["newsclippings"]["raw"])
     verite = build_verite(repo / params["data"]["prepare_test"]["verite"]["raw"])
