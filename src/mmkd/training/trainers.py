@@ -256,8 +256,9 @@ def _live(live_dir: str | Path):
     """A dvclive logger writing to ``live_dir``, also in a git repo without a commit yet (``git init``, ``dvc init``,
     ``dvc repro``): dvclive 3.49 reads HEAD there before it checks for commits and stops with "Empty git repo"
     (scmrepo's SCMError, which its own guard does not catch). There it logs as outside a DVC repo: the same files."""
-    from dvclive import Live
     from scmrepo.exceptions import SCMError
+
+    from dvclive import Live
 
     class _Live(Live):
         def _init_dvc(self):
