@@ -77,3 +77,14 @@ def test_generation_returns_a_score_per_answer(tiny_models):
     scored = generate(model, processor, prompts, images, max_new_tokens=6, score=generated_score)
     assert [t for t, _ in scored] == plain
     assert all(s is None or 0.0 <= s <= 1.0 for _, s in scored)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_a_label_first_answer_is_scored_when_the_template_ends_in_a_space(tiny_models, arch):
+    """The demo's answers begin with ``Label:``; after a template ending in ``"ASSISTANT: "`` the tokenizer merges
+    that space into the first word, so the answer's tokens begin before the prompt's last one."""
+    model, processor = load_model(str(tiny_models[arch]))
+    answer = "Label: falsified. Rationale: the label says so."
+    score = label_score(model, processor, PROMPT, IMAGE, answer)
+    assert score is not None and 0.0 <= score <= 1.0
+    assert score == pytest.approx(by_hand(model, processor, answer, "Label:"), abs=1e-5)

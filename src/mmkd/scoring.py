@@ -74,9 +74,13 @@ def label_score(model, processor, prompt: str, image: Image.Image, answer: str) 
     tokenizer = processor.tokenizer
     text = processor.apply_chat_template(user_turn(prompt), add_generation_prompt=True, tokenize=False)
     device = next(model.parameters()).device
-    prompt_len = processor(text=[text], images=[image], return_tensors="pt")["input_ids"].shape[1]
+    prompt_ids = processor(text=[text], images=[image], return_tensors="pt")["input_ids"][0].tolist()
     enc = processor(text=[text + answer], images=[image], return_tensors="pt").to(device)
-    answer_ids = enc["input_ids"][0, prompt_len:].tolist()
+    ids = enc["input_ids"][0].tolist()
+    # Where the answer begins: after the tokens prompt and prompt + answer share. Not len(prompt_ids): a template
+    # that ends in white space ("ASSISTANT: ") has that space merged into the answer's first word (" Label").
+    prompt_len = next((i for i, (a, b) in enumerate(zip(prompt_ids, ids, strict=False)) if a != b), len(prompt_ids))
+    answer_ids = ids[prompt_len:]
     slot = slot_index(tokenizer, answer_ids)
     if slot is None:
         return None
