@@ -36,6 +36,8 @@ def main() -> None:
     params = read_params()
     student, cfg, max_fpr = params["student"], params["evaluate"], params["calibration"]["max_fpr"]
     data_dir, teachers = params["data"]["dir"], params["teacher_names"]
+    if problems := paths.missing_test_set_inputs(params["data"]["test_sets"], teachers, gold=True):
+        raise SystemExit("evaluate: " + "\n".join(problems))  # before any system answers a test item
 
     def student_answers(name: str, adapter: str | None, items: pl.DataFrame) -> pl.DataFrame:
         config = LocalConfig(

@@ -39,6 +39,11 @@ def main(argv: list[str] | None = None) -> None:
     entry = dict(data[group][name])
     kind, out = entry.pop("kind", name), entry.pop("out", None)
     if args.test_set:
+        if not paths.TEST_SET_NAME.fullmatch(name):
+            raise SystemExit(
+                f"prepare_test@{name}: a test set's name is a folder under {paths.TEST_SETS} (letters, digits, _ . -; "
+                "no path): rename the data.prepare_test entry"
+            )
         if out is not None:
             raise SystemExit(
                 f"prepare_test@{name}: remove data.prepare_test.{name}.out; a test set is written to "

@@ -3,6 +3,7 @@ tests/test_dvc_yaml.py keeps the two equal). Paths are relative to the repositor
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 ANSWERS = Path("data/answers")  # label@<teacher>: <teacher>/<split>.parquet
@@ -61,6 +62,30 @@ def test_set_items(test_set: str) -> Path:
 def test_set_gold(test_set: str) -> Path:
     """``data/test_gold/<set>/test.gold.parquet``: its gold labels, kept out of the folder labelling reads."""
     return TEST_GOLD / test_set / "test.gold.parquet"
+
+
+TEST_SET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # one folder name, no path: it names files under data/
+
+
+def missing_test_set_inputs(test_sets, teachers=(), gold: bool = False) -> list[str]:
+    """What a stage that reads the extra ``test_sets`` lacks, one line each with its fix (empty: all there): a name
+    that is not a plain folder name, a set without items (``test_set_items``), and with ``gold``, without gold labels
+    or without an answer file of one of ``teachers``. A stage checks this before its first item, so that a set
+    missing from the data does not stop it after hours of work."""
+    problems = []
+    for s in test_sets:
+        if not isinstance(s, str) or not TEST_SET_NAME.fullmatch(s) or s in (".", ".."):
+            problems.append(f"data.test_sets: {s!r} is not a test set name (letters, digits, _ . -; no path)")
+            continue
+        prepare = (
+            f"prepare it (a data.prepare_test.{s} entry, or world@demo for the demo's ood) and run `dvc repro`, "
+            f"or remove {s!r} from data.test_sets"
+        )
+        label = "label it: `dvc repro` runs every label@<teacher> on each set in data.test_sets"
+        wanted = [(test_set_items(s), prepare)] + ([(test_set_gold(s), prepare)] if gold else [])
+        wanted += [(test_set_answers(t, s), label) for t in teachers]
+        problems += [f"data.test_sets: {s!r} has no {path}; {fix}" for path, fix in wanted if not path.is_file()]
+    return problems
 
 
 def test_set_answers(teacher: str, test_set: str) -> Path:

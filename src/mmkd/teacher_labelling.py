@@ -21,7 +21,14 @@ from mmkd.answer_cache import AnswerCache, cache_dir_for, cache_path
 from mmkd.inference import LabelSettings, label_settings, make_backend
 from mmkd.inference.openai_compat import ConfigError
 from mmkd.labelling import LabelTally, label_items, run_accounting, shard_items, teacher_metrics
-from mmkd.paths import LABELLED_SPLITS, answers_file, items_file, test_set_answers, test_set_items
+from mmkd.paths import (
+    LABELLED_SPLITS,
+    answers_file,
+    items_file,
+    missing_test_set_inputs,
+    test_set_answers,
+    test_set_items,
+)
 from mmkd.schema import SchemaError, answers_frame, read_answers, read_items
 
 log = logging.getLogger(__name__)
@@ -110,6 +117,8 @@ def label_teacher(
 
     Returns the run, the teacher's labelling settings and its cache (still open, or None)."""
     settings = teacher_settings(name, params)
+    if problems := missing_test_set_inputs(test_sets):  # before the first request, not after hours of them
+        raise LabelStageError(f"label@{name}: " + "\n".join(problems))
     try:
         backend = make_backend(name, params)
     except ValueError as exc:  # bad settings, or the API key's environment variable is not set

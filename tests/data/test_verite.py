@@ -204,7 +204,7 @@ def test_as_an_extra_test_set_the_gold_labels_go_apart(tmp_path, monkeypatch):
     stage = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(stage)
     entry = {"kind": "verite", "raw": "data/verite_raw", "max_image_pixels": MAX_PIXELS}
-    project(tmp_path, {}, test_sets={"verite": entry, "with_out": entry | {"out": "x"}})
+    project(tmp_path, {}, test_sets={"verite": entry, "with_out": entry | {"out": "x"}, "../up": entry})
     monkeypatch.chdir(tmp_path)
     stage.main(["verite", "--test-set"])
     assert sorted(p.name for p in (tmp_path / "data/test_sets/verite").iterdir()) == [
@@ -216,3 +216,6 @@ def test_as_an_extra_test_set_the_gold_labels_go_apart(tmp_path, monkeypatch):
     assert len(gold) == EXPECTED_SUMMARY["items"] and set(gold["gold_class"]) == set(CLASSES)
     with pytest.raises(SystemExit, match=r"remove data\.prepare_test\.with_out\.out"):
         stage.main(["with_out", "--test-set"])
+    with pytest.raises(SystemExit, match=r"prepare_test@\.\./up: a test set's name is a folder under data/test_sets"):
+        stage.main(["../up", "--test-set"])
+    assert not (tmp_path / "data/up").exists()

@@ -331,6 +331,21 @@ def test_a_server_that_is_not_running_stops_the_stage_quickly_with_a_clear_messa
     assert log["requests"] <= 2 + 2  # taken out after 2 refused attempts (plus one in flight on the other worker)
 
 
+@pytest.mark.parametrize("test_set", ["verite", "../../outside"])
+def test_a_test_set_it_cannot_read_stops_the_stage_before_any_request(repo, server, test_set):
+    """A set named in data.test_sets with no items (no prepare_test entry), or a name that is a path: the stage
+    stops with the set and the fix before asking anything, not after labelling train, val and test."""
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["data"]["test_sets"] = [test_set]
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    done = run(repo, "stages/label.py", "srv", env={KEY_ENV: "sk-dummy"})
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
+    assert f"label@srv: data.test_sets: {test_set!r}" in done.stderr
+    fix = "remove 'verite' from data.test_sets" if test_set == "verite" else "is not a test set name"
+    assert fix in done.stderr, done.stderr
+    assert server.prompts() == []
+
+
 def test_shard_option_is_checked(tmp_path):
     done = run(tmp_path, str(ROOT / "stages/label.py"), "srv", "--shard", "2/2")
     assert done.returncode != 0 and "need 0 <= I < N" in done.stderr
