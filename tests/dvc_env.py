@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import yaml
 
 
 def describe(result: subprocess.CompletedProcess, limit: int = 6000) -> str:
@@ -48,10 +51,6 @@ def dvc_ok(repo: Path, *args: str) -> subprocess.CompletedProcess:
 def pipeline_repo(root: Path, repo: Path, params: dict) -> Path:
     """``repo`` made a git + DVC repo (no commit) holding dvc.yaml, stages/, src/ and conf/ of the checkout at
     ``root``, with ``params`` (composed by the test) as params.yaml."""
-    import shutil
-
-    import yaml
-
     shutil.copy2(root / "dvc.yaml", repo / "dvc.yaml")
     for folder in ("stages", "src", "conf"):
         shutil.copytree(root / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
