@@ -23,10 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from mmkd.answer_cache import AnswerCache
 from mmkd.demo.world import make_world
-from mmkd.inference import make_backend
-from mmkd.labelling import LabelTally, label_items
+from mmkd.inference.answer_cache import AnswerCache
+from mmkd.inference.answering import LabelTally, label_items
+from mmkd.labelling.backends import make_backend
 from mmkd.schema import items_frame, read_items
 
 FAULT_SERVER = Path(__file__).resolve().parents[1] / "tests" / "fault_server.py"  # a test double, run as a script

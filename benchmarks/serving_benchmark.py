@@ -3,7 +3,7 @@ served (the merged student behind ``transformers serve``, asked through ``backen
 concurrencies), beside how many served answers equal the local ones.
 
 The student is an adapter chain (default: the demo's ``models/stage2`` on ``models/demo/student_base``); it is
-exported (``mmkd.export.export_model``) into one standalone model directory in a temporary folder, which
+exported (``mmkd.deploy.export.export_model``) into one standalone model directory in a temporary folder, which
 ``transformers serve`` runs on CPU. With
 ``--base-url`` an already running server (e.g. vLLM on an exported checkpoint) is measured instead.
 
@@ -24,10 +24,10 @@ from pathlib import Path
 
 import polars as pl
 
-from mmkd.export import export_model
-from mmkd.inference import make_backend
-from mmkd.labelling import label_items
-from mmkd.predict import load_predictor, predict_items, trained_prompt_version
+from mmkd.deploy.export import export_model
+from mmkd.deploy.predict import load_predictor, predict_items, trained_prompt_version
+from mmkd.inference.answering import label_items
+from mmkd.labelling.backends import make_backend
 from mmkd.schema import read_items
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,15 +19,15 @@ from pathlib import Path
 import polars as pl
 
 from mmkd import paths
-from mmkd.calibration import calibrate
-from mmkd.conflict import majority_vote
 from mmkd.console import setup_logging
-from mmkd.evaluation import class_accuracies, compare, confusion_rows, reliability_rows, roc_rows, score_ranked
+from mmkd.evaluation.metrics import class_accuracies, compare, confusion_rows, reliability_rows, roc_rows, score_ranked
+from mmkd.evaluation.report import markdown_table
+from mmkd.evaluation.thresholds import calibrate
+from mmkd.inference.answering import label_items
 from mmkd.inference.local import LocalBackend, LocalConfig
-from mmkd.labelling import label_items
 from mmkd.modeling import adapter_info
-from mmkd.report import markdown_table
 from mmkd.schema import gold_path, read_answers, read_gold, read_items
+from mmkd.selection.conflicts import majority_vote
 from mmkd.stage_io import read_params, write_json
 
 

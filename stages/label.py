@@ -1,6 +1,6 @@
 """Stage `label@<teacher>`: one teacher answers every train, val and test item, and every item of each extra test
 set (`data.test_sets`) -> data/answers/<teacher>/<split>.parquet and test_sets/<set>.parquet, with its accounting in
-metrics/teachers/<teacher>.json (see mmkd.teacher_labelling).
+metrics/teachers/<teacher>.json (see mmkd.labelling.teachers).
 
 Outside DVC, the same script spreads a large run over machines: ``--shard I/N`` labels shard I of N (0-based) into
 the answer cache only, ``--merge FILE...`` copies shard caches into this machine's cache, and then
@@ -15,9 +15,9 @@ import logging
 from pathlib import Path
 
 from mmkd.console import setup_logging
+from mmkd.labelling.teachers import LabelStageError, error_budget, label_teacher, merge_shard_caches
 from mmkd.paths import metrics_file, run_log_file
 from mmkd.stage_io import read_params, write_json
-from mmkd.teacher_labelling import LabelStageError, error_budget, label_teacher, merge_shard_caches
 
 log = logging.getLogger("label")
 

@@ -9,9 +9,9 @@ Baselines: ``random_budget``, the Stage-2 data of a seeded random sample of as m
 import polars as pl
 
 from mmkd import paths
-from mmkd.conflict import Selection, conflict_split, gold_sft_rows
 from mmkd.console import setup_logging
 from mmkd.schema import PAIR_SCHEMA, gold_path, read_answers
+from mmkd.selection.conflicts import Selection, conflict_split, gold_sft_rows
 from mmkd.stage_io import read_params, write_json
 
 BASELINE_KEYS = (

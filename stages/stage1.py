@@ -1,15 +1,15 @@
 """Stage `stage1`: LoRA SFT of the student on the teachers' answers -> models/stage1 (adapter), dvclive/stage1.
 With ``--baseline NAME`` (stage `supervised@NAME`), the same recipe from the base model on a baseline's gold-label
 targets (data/baselines/NAME/sft.parquet) -> models/baselines/NAME, dvclive/baselines/NAME. After training, the
-adapter's operating threshold is chosen on val and recorded in it (mmkd.calibration)."""
+adapter's operating threshold is chosen on val and recorded in it (mmkd.evaluation.thresholds)."""
 
 import argparse
 
 from mmkd import paths
-from mmkd.calibration import calibrate_from_params
-from mmkd.conflict import stage1_rows
 from mmkd.console import setup_logging
+from mmkd.evaluation.thresholds import calibrate_from_params
 from mmkd.schema import read_answers, read_items, read_sft_rows
+from mmkd.selection.conflicts import stage1_rows
 from mmkd.stage_io import read_params, seed_everything
 from mmkd.training.config import Stage1Settings, from_params
 from mmkd.training.rows import with_prompts

@@ -1,13 +1,13 @@
 """Stage `stage2`: LoRA SFT + DPO on the selected (conflict) items, on top of merged Stage 1 -> models/stage2,
 dvclive/stage2. With ``--baseline NAME`` (stage `baseline@NAME`), the same recipe on a baseline's selection
 (data/baselines/NAME) -> models/baselines/NAME, dvclive/baselines/NAME. After training, the adapter's operating
-threshold is chosen on val and recorded in it (mmkd.calibration)."""
+threshold is chosen on val and recorded in it (mmkd.evaluation.thresholds)."""
 
 import argparse
 
 from mmkd import paths
-from mmkd.calibration import calibrate_from_params
 from mmkd.console import setup_logging
+from mmkd.evaluation.thresholds import calibrate_from_params
 from mmkd.schema import read_items, read_pairs, read_sft_rows
 from mmkd.stage_io import read_params, seed_everything
 from mmkd.training.config import Stage2Settings, from_params

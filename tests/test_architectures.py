@@ -25,9 +25,9 @@ from transformers import LlavaNextForConditionalGeneration
 
 from mmkd.cli import compose
 from mmkd.demo.tiny import ARCHITECTURES
-from mmkd.inference import LABELLING_KEYS, make_backend
+from mmkd.inference.answering import label_items
 from mmkd.inference.local import LocalConfig
-from mmkd.labelling import label_items
+from mmkd.labelling.backends import LABELLING_KEYS, make_backend
 from mmkd.modeling import load_model
 from mmkd.schema import ANSWER_SCHEMA, read_items
 from mmkd.training.config import LoraSettings, Stage1Settings, Stage2Settings, TrainSettings, from_params

@@ -1,13 +1,14 @@
-"""The val-chosen operating threshold (mmkd.calibration) and the metrics at it (mmkd.evaluation.score_ranked), on
-small hand-made answer tables whose right values are worked out in the comments."""
+"""The val-chosen operating threshold (mmkd.evaluation.thresholds) and the metrics at it
+(mmkd.evaluation.metrics.score_ranked), on small hand-made answer tables whose right values are worked out in the
+comments."""
 
 import json
 
 import polars as pl
 import pytest
 
-from mmkd.calibration import calibrate, record_threshold, recorded_threshold, thresholded
-from mmkd.evaluation import RANKING_KEYS, SYSTEM_KEYS, THRESHOLD_KEYS, score_ranked
+from mmkd.evaluation.metrics import RANKING_KEYS, SYSTEM_KEYS, THRESHOLD_KEYS, score_ranked
+from mmkd.evaluation.thresholds import calibrate, record_threshold, recorded_threshold, thresholded
 from mmkd.modeling import ADAPTER_INFO
 from mmkd.schema import answers_frame
 

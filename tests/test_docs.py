@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from mmkd.cli import compose
-from mmkd.report import markdown_table
+from mmkd.evaluation.report import markdown_table
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"

@@ -114,7 +114,7 @@ def test_every_stage_lists_its_own_script(stages):
 
 # Files a module loads by path or by entry point at run time, which no import statement shows.
 LOADED_AT_RUN_TIME = {
-    "src/mmkd/evaluation/__init__.py": ["src/mmkd/evaluation/modules/ooc_accuracy/ooc_accuracy.py"],  # evaluate.load
+    "src/mmkd/evaluation/metrics.py": ["src/mmkd/evaluation/modules/ooc_accuracy/ooc_accuracy.py"],  # evaluate.load
 }
 
 
@@ -197,6 +197,20 @@ def test_every_stage_depends_on_exactly_the_code_it_runs(overrides, tmp_path):
         declared = source_deps(stage)
         assert not needed - declared, f"stage {name}: runs {sorted(needed - declared)} but does not depend on them"
         assert not declared - needed, f"stage {name}: depends on {sorted(declared - needed)} but never runs them"
+
+
+@pytest.mark.parametrize("overrides", [[], ["data=newsclippings", "bootstrap=none", "teachers=vllm"]])
+def test_labelling_code_is_a_dependency_of_labelling_only(overrides, tmp_path):
+    """Editing the server client, the teacher registry or the label stage's logic (src/mmkd/labelling) must re-run
+    labelling alone: no training, selection or evaluation stage may depend on any file there."""
+    labelling_only = {str(PurePosixPath(p.relative_to(ROOT))) for p in (ROOT / "src/mmkd/labelling").rglob("*.py")}
+    assert "src/mmkd/labelling/openai_compat.py" in labelling_only or any("openai" in f for f in labelling_only)
+    stages = stages_for(overrides, tmp_path)
+    for name, stage in stages.items():
+        touched = source_deps(stage) & labelling_only
+        assert name.startswith("label@") or not touched, f"stage {name} depends on labelling code {sorted(touched)}"
+        if name.startswith("label@"):
+            assert touched, f"{name} must depend on the labelling code it runs"
 
 
 def test_stage_outputs_are_the_paths_the_library_defines(stages, params):

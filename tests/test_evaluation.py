@@ -5,7 +5,7 @@ import importlib.util
 import polars as pl
 import pytest
 
-from mmkd.evaluation import MODULE_DIR, SYSTEM_KEYS, confusion_rows, score
+from mmkd.evaluation.metrics import MODULE_DIR, SYSTEM_KEYS, confusion_rows, score
 from mmkd.schema import LABELS, answers_frame
 
 

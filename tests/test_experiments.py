@@ -7,7 +7,7 @@ import math
 import pytest
 
 from mmkd.cli import main
-from mmkd.experiments import curve_svg, label_efficiency, runs_from_show, summarize
+from mmkd.evaluation.experiments import curve_svg, label_efficiency, runs_from_show, summarize
 
 
 def evaluate(stage2: float, teachers=(0.70, 0.78), majority=0.72, full=None) -> dict:

@@ -23,9 +23,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from mmkd import export as export_module
 from mmkd.cli import main
-from mmkd.export import EXPORT_INFO, ExportError, chain_hashes, export_model, resolve_threshold, vllm_ready
+from mmkd.deploy import export as export_module
+from mmkd.deploy.export import EXPORT_INFO, ExportError, chain_hashes, export_model, resolve_threshold, vllm_ready
 from mmkd.modeling import ADAPTER_INFO, load_student, user_turn, write_adapter_info
 from mmkd.prompts import get_prompt
 from mmkd.schema import read_items
@@ -221,7 +221,7 @@ def test_without_the_vllm_layout_the_tower_keeps_transformers_keys(chain, tmp_pa
     assert AutoProcessor.from_pretrained(out).__class__.__name__ == "LlavaProcessor"
 
 
-METRICS = {  # a system entry as mmkd.evaluation.score_ranked writes it
+METRICS = {  # a system entry as mmkd.evaluation.metrics.score_ranked writes it
     "stage2": {
         "accuracy": 0.7312,
         "accuracy_ci95": [0.6851, 0.7714],
@@ -291,7 +291,7 @@ def test_model_card_without_metrics_or_params_says_so(chain, tmp_path):
 def test_the_card_quotes_the_entry_of_the_pipeline_output_it_exports(monkeypatch, tmp_path):
     """models/stage1, models/stage2 and models/baselines/<name> are scored under stage1, stage2 and
     baselines.<name> (a baseline trained on top of Stage 1 must not quote Stage 2's numbers)."""
-    from mmkd.export import pipeline_system
+    from mmkd.deploy.export import pipeline_system
 
     monkeypatch.chdir(tmp_path)
     for folder in ("models/stage1", "models/stage2", "models/baselines/random_budget", "elsewhere/stage2"):

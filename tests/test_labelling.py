@@ -6,11 +6,11 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from mmkd.answer_cache import AnswerCache
 from mmkd.demo.tiny import ARCHITECTURES
-from mmkd.inference import make_backend
+from mmkd.inference.answer_cache import AnswerCache
+from mmkd.inference.answering import LabelTally, label_items, shard_items
 from mmkd.inference.local import LocalBackend, LocalConfig
-from mmkd.labelling import LabelTally, label_items, shard_items
+from mmkd.labelling.backends import make_backend
 from mmkd.schema import ANSWER_SCHEMA, LABELS, answers_frame, items_frame, read_items
 
 PROMPT_VERSION = "v1"
@@ -159,8 +159,8 @@ def test_labelling_settings_are_not_passed_to_the_backend():
 
 def test_the_error_message_names_the_cache_even_when_it_is_empty(tmp_path):
     """An answer cache that holds nothing yet (every item failed) is still where the next run looks."""
-    from mmkd.inference import LabelSettings
-    from mmkd.teacher_labelling import LabelStageError, TeacherRun, error_budget
+    from mmkd.labelling.backends import LabelSettings
+    from mmkd.labelling.teachers import LabelStageError, TeacherRun, error_budget
 
     run = TeacherRun(tally=LabelTally(items=3, errors=3))
     with AnswerCache(tmp_path / "srv.sqlite") as cache:
@@ -197,9 +197,9 @@ def test_when_no_server_is_left_cached_answers_are_still_used_and_the_rest_are_r
 def test_an_answer_cached_without_a_score_is_scored_by_the_local_model(tiny_models, world_dir, tmp_path):
     """An answer cached before scores were kept is scored by one teacher-forced pass (no generation) and the score
     is written back; an unparsed answer stays unscored."""
-    from mmkd.answer_cache import CachedAnswer
+    from mmkd.inference.answer_cache import CachedAnswer
+    from mmkd.inference.answering import item_prompt
     from mmkd.items import load_image
-    from mmkd.labelling import item_prompt
     from mmkd.prompts import get_prompt
     from mmkd.scoring import label_score
 

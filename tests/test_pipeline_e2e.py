@@ -24,7 +24,7 @@ import yaml
 from dvc_env import describe, offline_env
 from expected_files import ADAPTER_FILES, DEMO_MODEL_FILES
 
-from mmkd.evaluation import RANKING_KEYS, SYSTEM_KEYS, THRESHOLD_KEYS
+from mmkd.evaluation.metrics import RANKING_KEYS, SYSTEM_KEYS, THRESHOLD_KEYS
 
 pytestmark = pytest.mark.e2e
 

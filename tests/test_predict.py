@@ -11,8 +11,8 @@ import polars as pl
 import pytest
 
 from mmkd.cli import main
+from mmkd.deploy.predict import read_item_file
 from mmkd.modeling import ADAPTER_INFO
-from mmkd.predict import read_item_file
 from mmkd.schema import ANSWER_SCHEMA, ITEM_SCHEMA, read_items
 
 ARCH = "llava"  # the demo student's architecture
@@ -125,7 +125,7 @@ def test_the_prompt_version_follows_the_adapter_unless_given(adapter, items, tmp
 def test_the_threshold_is_the_flag_else_the_adapters_val_threshold(adapter, items, world_dir, tmp_path, capsys):
     """Batch output reports the threshold it labelled with: --threshold, else the one recorded in the adapter by
     its training stage, else none (the label as written, i.e. score >= 0.5); a threshold outside [0, 1] is refused."""
-    from mmkd.calibration import record_threshold
+    from mmkd.evaluation.thresholds import record_threshold
 
     calibrated = tmp_path / "adapter"
     shutil.copytree(adapter, calibrated)

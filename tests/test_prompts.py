@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from mmkd.labelling import build_requests
+from mmkd.inference.answering import build_requests
 from mmkd.prompts import ANSWER_FORMAT, PROMPTS, get_prompt
 from mmkd.schema import items_frame
 

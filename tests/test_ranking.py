@@ -1,11 +1,11 @@
-"""Ranking and calibration metrics and the val threshold (``mmkd.ranking``), against hand-worked
+"""Ranking and calibration metrics and the val threshold (``mmkd.evaluation.ranking``), against hand-worked
 values: ties, one-class sets and missing scores included."""
 
 import math
 
 import pytest
 
-from mmkd.ranking import (
+from mmkd.evaluation.ranking import (
     auprc,
     auroc,
     brier,

@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from mmkd.report import markdown_table
+from mmkd.evaluation.report import markdown_table
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()

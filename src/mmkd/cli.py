@@ -16,8 +16,14 @@ import yaml
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from mmkd.deploy.predict import (
+        load_predictor,
+        operating_threshold,
+        predict_items,
+        read_item_file,
+        trained_prompt_version,
+    )
     from mmkd.items import BadItem, check_caption
-    from mmkd.predict import load_predictor, operating_threshold, predict_items, read_item_file, trained_prompt_version
     from mmkd.schema import items_frame
 
     single = args.image is not None or args.caption is not None
@@ -60,7 +66,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from mmkd.export import ExportError, export_model
+    from mmkd.deploy.export import ExportError, export_model
 
     try:
         summary = export_model(
@@ -83,7 +89,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _vllm_ready(args: argparse.Namespace) -> int:
-    from mmkd.export import ExportError, vllm_ready
+    from mmkd.deploy.export import ExportError, vllm_ready
 
     try:
         summary = vllm_ready(args.model, args.out, overwrite=args.overwrite)
@@ -115,7 +121,7 @@ def _compose(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from mmkd.report import html_report, markdown_table
+    from mmkd.evaluation.report import html_report, markdown_table
 
     if args.markdown:
         evaluate = json.loads(Path("metrics/evaluate.json").read_text())
@@ -129,7 +135,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _plots_offline(args: argparse.Namespace) -> int:
-    from mmkd.plots import install_offline_template
+    from mmkd.evaluation.plots import install_offline_template
 
     path = install_offline_template(args.repo)
     print(f"{path} (set as plots.html_template in .dvc/config.local: `dvc plots show` / `diff` now render offline)")
@@ -137,7 +143,7 @@ def _plots_offline(args: argparse.Namespace) -> int:
 
 
 def _push(args: argparse.Namespace) -> int:
-    from mmkd.sharing import push_runs
+    from mmkd.deploy.sharing import push_runs
 
     counts = push_runs(args.repo, remote=args.remote, jobs=args.jobs)
     print(
@@ -148,7 +154,7 @@ def _push(args: argparse.Namespace) -> int:
 
 
 def _runs(args: argparse.Namespace):
-    from mmkd.experiments import dvc_exp_show, runs_from_show
+    from mmkd.evaluation.experiments import dvc_exp_show, runs_from_show
 
     if args.show_json:
         show = json.loads(Path(args.show_json).read_text())
@@ -161,7 +167,7 @@ def _runs(args: argparse.Namespace):
 
 
 def _summarize(args: argparse.Namespace) -> int:
-    from mmkd.experiments import summarize, summary_markdown
+    from mmkd.evaluation.experiments import summarize, summary_markdown
 
     rows = summarize(_runs(args))
     sys.stdout.write(json.dumps(rows, indent=1) + "\n" if args.json else summary_markdown(rows))
@@ -169,7 +175,7 @@ def _summarize(args: argparse.Namespace) -> int:
 
 
 def _label_curve(args: argparse.Namespace) -> int:
-    from mmkd.experiments import curve_csv, curve_svg, label_efficiency
+    from mmkd.evaluation.experiments import curve_csv, curve_svg, label_efficiency
 
     points, references = label_efficiency(_runs(args))
     Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
@@ -261,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     o.set_defaults(func=_plots_offline)
 
     u = sub.add_parser(
-        "push", help="`dvc push --run-cache`, plus the metric files its run-cache entries need (mmkd.sharing)"
+        "push", help="`dvc push --run-cache`, plus the metric files its run-cache entries need (mmkd.deploy.sharing)"
     )
     u.add_argument("-r", "--remote", help="DVC remote name (default: the default remote)")
     u.add_argument("-j", "--jobs", type=int, help="parallel transfers")

@@ -210,13 +210,13 @@ def generate(
     with ``score`` (text, score) pairs: ``score(tokenizer, new_ids, step_logits)`` computed from generation's own
     logits, e.g. mmkd.scoring.generated_score (P(falsified) at the answer's label slot)."""
 
-    texts = [processor.apply_chat_template(user_turn(p), add_generation_prompt=True, tokenize=False) for p in prompts]
+    chats = [processor.apply_chat_template(user_turn(p), add_generation_prompt=True, tokenize=False) for p in prompts]
     out: list = []
     model.eval()
     device = next(model.parameters()).device
-    for start in tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch", disable=len(texts) <= batch_size):
+    for start in tqdm(range(0, len(chats), batch_size), desc=desc, unit="batch", disable=len(chats) <= batch_size):
         enc = processor(
-            text=texts[start : start + batch_size],
+            text=chats[start : start + batch_size],
             images=images[start : start + batch_size],
             padding=True,
             padding_side="left",
@@ -230,11 +230,11 @@ def generate(
             return_dict_in_generate=True,
         )
         new = result.sequences[:, enc["input_ids"].shape[1] :]
-        texts = [t.strip() for t in processor.batch_decode(new, skip_special_tokens=True)]
+        answers = [t.strip() for t in processor.batch_decode(new, skip_special_tokens=True)]
         if score is None:
-            out.extend(texts)
+            out.extend(answers)
             continue
-        for row, text in enumerate(texts):
+        for row, text in enumerate(answers):
             steps = [step[row] for step in result.logits]
             out.append((text, score(processor.tokenizer, new[row].tolist(), steps)))
     return out

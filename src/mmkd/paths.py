@@ -16,7 +16,7 @@ MODELS = Path("models")  # bootstrap@<group>: <group>/<model>
 STAGE1_ADAPTER = MODELS / "stage1"
 STAGE2_ADAPTER = MODELS / "stage2"
 BASELINE_MODELS = MODELS / "baselines"  # baseline@<name>: <name>/
-STAGE2_BASELINES = ("random_budget",)  # Stage 2 on another selection of gold labels (see mmkd.conflict)
+STAGE2_BASELINES = ("random_budget",)  # Stage 2 on another selection of gold labels (see mmkd.selection.conflicts)
 # Stage 1's recipe from the base model on gold labels only (no teacher answers): ``baselines.supervised`` picks them
 SUPERVISED_BASELINES = ("gold_only", "full_supervision")
 PREDICTIONS = Path("data/predictions")  # evaluate: <model>.parquet, teachers/<teacher>.parquet

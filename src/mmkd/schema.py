@@ -45,8 +45,9 @@ ANSWER_SCHEMA: dict[str, pl.DataType] = {
     "status": pl.String(),
     "error": pl.String(),  # what went wrong and how to fix it, null when status == "ok"
     "prompt_version": pl.String(),
-    # The answer-cache key (mmkd.answer_cache.answer_key: model, settings, prompt, image) and the tokens the answer
-    # took, so that a later run can reuse the answer without asking again; null where unknown (a predictions file).
+    # The answer-cache key (mmkd.inference.answer_cache.answer_key: model, settings, prompt, image) and the tokens
+    # the answer took, so that a later run can reuse the answer without asking again; null where unknown (a
+    # predictions file).
     "answer_key": pl.String(),
     "prompt_tokens": pl.Int64(),
     "completion_tokens": pl.Int64(),
@@ -57,7 +58,7 @@ ANSWER_SCHEMA: dict[str, pl.DataType] = {
 ANSWER_OPTIONAL = ("answer_key", "prompt_tokens", "completion_tokens", "score")  # files written before they existed
 
 
-# The conflict split (``split`` writes them, ``stage2`` reads them; see mmkd.conflict).
+# The conflict split (``split`` writes them, ``stage2`` reads them; see mmkd.selection.conflicts).
 CONFLICT_SCHEMA: dict[str, pl.DataType] = {
     "id": pl.String(),
     "gold_label": pl.String(),  # the only gold labels of train the pipeline reads

@@ -10,7 +10,7 @@ LLMs such as Llama Guard, which read their unsafe probability off the first answ
 Two ways to read it, which agree (tests/test_scoring.py): ``generated_score`` reads it from the logits that
 generation produced at the slot (free: mmkd.modeling.generate keeps them), and ``label_score`` by one teacher-forced
 forward pass over prompt + answer, which also scores an answer taken from a cache that kept no score. A server
-reads it from the logprobs it returns (mmkd.inference.openai_compat).
+reads it from the logprobs it returns (mmkd.labelling.openai_compat).
 
 No score (None): an answer with no ``Label:`` field, or a tokenizer in which both labels begin with the same token
 at the slot (the first token cannot tell them apart).

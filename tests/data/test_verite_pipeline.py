@@ -29,7 +29,7 @@ from verite_fixture import build_verite
 
 from mmkd import paths  # (its test_set_* functions, imported by name, would be collected as tests)
 from mmkd.cli import compose
-from mmkd.evaluation import SYSTEM_KEYS
+from mmkd.evaluation.metrics import SYSTEM_KEYS
 from mmkd.schema import FALSIFIED, PRISTINE, read_answers, read_gold, read_items
 from mmkd.training.config import TrainSettings
 

@@ -122,3 +122,23 @@ def test_generate_pads_on_the_left_and_returns_one_string_per_input(tiny_models,
     # Greedy answers must not depend on the batch: padding is masked out.
     alone = [generate(model, processor, [p], [im], max_new_tokens=4)[0] for p, im in zip(prompts, images, strict=True)]
     assert batched == alone
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_generate_answers_every_batch_from_its_own_prompts(tiny_models, world_dir, arch):
+    """Three prompts at batch_size=2 are two batches; the second must see its own prompt, not the first's answers."""
+    model, processor = load_model(tiny_models[arch], device="cpu")
+    prompts = ["Hi.", "Does the caption match the image, or is it out of context?", "A red circle in the city."]
+    images = [image(world_dir, i) for i in range(3)]
+    seen = []
+    original = model.generate
+
+    def spy(**kwargs):
+        seen.append(kwargs["input_ids"].shape[0])
+        return original(**kwargs)
+
+    model.generate = spy
+    batched = generate(model, processor, prompts, images, max_new_tokens=4, batch_size=2)
+    assert seen == [2, 1]
+    alone = [generate(model, processor, [p], [im], max_new_tokens=4)[0] for p, im in zip(prompts, images, strict=True)]
+    assert batched == alone

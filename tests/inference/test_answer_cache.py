@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from mmkd.answer_cache import CACHE_ENV, AnswerCache, CachedAnswer, answer_key, cache_dir_for
+from mmkd.inference.answer_cache import CACHE_ENV, AnswerCache, CachedAnswer, answer_key, cache_dir_for
 
 BASE = {
     "teacher": "t",
@@ -50,7 +50,7 @@ def test_answers_are_stored_and_found_again(tmp_path):
 
 WRITER = """
 import sys
-from mmkd.answer_cache import AnswerCache, CachedAnswer
+from mmkd.inference.answer_cache import AnswerCache, CachedAnswer
 cache = AnswerCache(sys.argv[1])
 i = 0
 while True:

@@ -20,8 +20,8 @@ import yaml
 from dvc_env import offline_env
 from fault_server import FaultInjectingChatServer
 
-from mmkd.answer_cache import AnswerCache
 from mmkd.demo.world import make_world
+from mmkd.inference.answer_cache import AnswerCache
 from mmkd.schema import read_answers
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,7 +63,7 @@ def repo(tmp_path, server) -> Path:
             "model": "fake",
             "base_url": server.base_url,
             "api_key_env": KEY_ENV,
-            "weights": "src/mmkd/inference/openai_compat.py",
+            "weights": "src/mmkd/labelling/openai_compat.py",
             "cache_dir": str(tmp_path / "cache"),
             "prompt_version": "v1",
             "max_concurrency": 2,

@@ -16,9 +16,9 @@ import pytest
 from fault_server import LOGPROBS_REFUSAL, UNPARSED_ANSWER, FaultInjectingChatServer
 from PIL import Image
 
-from mmkd.inference import make_backend
 from mmkd.inference.base import BackendStopped, InferenceRequest
-from mmkd.inference.openai_compat import ANSWER_JSON_SCHEMA, ConfigError, label_slot, label_slot_score
+from mmkd.labelling.backends import make_backend
+from mmkd.labelling.openai_compat import ANSWER_JSON_SCHEMA, ConfigError, label_slot, label_slot_score
 from mmkd.parsing import parse_answer
 
 IMAGE = Image.new("RGB", (28, 28), (200, 30, 30))
@@ -150,7 +150,7 @@ def test_a_choice_answer_that_is_not_a_label_warns_once_about_the_field(caplog):
     """A server that ignores the field answers free text: said once, naming the other field; the items go on."""
     with FaultInjectingChatServer(answer="Label: pristine. Rationale: fine.") as server:
         t = teacher(server.base_url, structured_output="choice", structured_outputs_field="guided")
-        with caplog.at_level("WARNING", logger="mmkd.inference.openai_compat"):
+        with caplog.at_level("WARNING", logger="mmkd.labelling.openai_compat"):
             replies = t.answer(requests(3))
     warnings = [r.getMessage() for r in caplog.records if "did not constrain" in r.getMessage()]
     assert len(warnings) == 1 and "structured_outputs_field: structured_outputs" in warnings[0]

@@ -1,7 +1,7 @@
 """The student, exported and served: a demo-style student (a tiny LLaVA with a Stage-1 then a Stage-2 adapter)
-exported by ``mmkd.export.export_model`` into one standalone model directory, served by a real `transformers serve`
-on 127.0.0.1 (CPU) and asked through ``backend: openai``, answers exactly as ``mmkd predict`` does with the adapters
-on the same items: the same raw text and labels.
+exported by ``mmkd.deploy.export.export_model`` into one standalone model directory, served by a real
+`transformers serve` on 127.0.0.1 (CPU) and asked through ``backend: openai``, answers exactly as ``mmkd predict`` does
+with the adapters on the same items: the same raw text and labels.
 
 Scores: where a server returns logprobs, its scores are to agree with the local ones within 1e-3. `transformers
 serve` returns none (it answers a request for logprobs as if the field were absent), so here the served scores are
@@ -13,10 +13,10 @@ from __future__ import annotations
 import pytest
 from fault_server import transformers_serve
 
-from mmkd.export import export_model
-from mmkd.inference import make_backend
-from mmkd.labelling import label_items
-from mmkd.predict import load_predictor, predict_items, trained_prompt_version
+from mmkd.deploy.export import export_model
+from mmkd.deploy.predict import load_predictor, predict_items, trained_prompt_version
+from mmkd.inference.answering import label_items
+from mmkd.labelling.backends import make_backend
 from mmkd.schema import ANSWER_SCHEMA, read_items
 
 ARCH = "llava"  # the demo student's architecture

@@ -19,8 +19,8 @@ import pytest
 import yaml
 from fault_server import CountingProxy, transformers_serve
 
-from mmkd.inference import make_backend
-from mmkd.labelling import label_items
+from mmkd.inference.answering import label_items
+from mmkd.labelling.backends import make_backend
 from mmkd.paths import LABELLED_SPLITS
 from mmkd.schema import ANSWER_SCHEMA, items_frame, read_answers, read_items
 

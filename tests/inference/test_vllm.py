@@ -32,9 +32,9 @@ import pytest
 import torch
 from fault_server import free_port
 
-from mmkd.export import vllm_ready
-from mmkd.inference import make_backend
-from mmkd.labelling import build_requests, label_items
+from mmkd.deploy.export import vllm_ready
+from mmkd.inference.answering import build_requests, label_items
+from mmkd.labelling.backends import make_backend
 from mmkd.modeling import load_model, user_turn
 from mmkd.parsing import parse_answer
 from mmkd.schema import ANSWER_SCHEMA, FALSIFIED, LABELS, PRISTINE, read_items
@@ -188,7 +188,7 @@ def test_this_vllm_ignores_guided_choice_and_mmkd_says_so(served, items, local_a
     """Why the field matters: asked the old way, vLLM 0.12+ answers unconstrained (as without structured output)."""
     if served["version"] < (0, 12):
         pytest.skip(f"vLLM {served['version']} still reads guided_choice")
-    with caplog.at_level("WARNING", logger="mmkd.inference.openai_compat"):
+    with caplog.at_level("WARNING", logger="mmkd.labelling.openai_compat"):
         answers = ask_vllm(served, items, structured_output="choice", structured_outputs_field="guided")
     assert answers["raw_text"].to_list() == local_answers["raw_text"].to_list()
     assert [r for r in caplog.records if "structured_outputs_field: structured_outputs" in r.getMessage()]

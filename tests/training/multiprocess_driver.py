@@ -16,8 +16,8 @@ from pathlib import Path
 import polars as pl
 import torch
 
-from mmkd.calibration import calibrate_adapter
 from mmkd.console import setup_logging
+from mmkd.evaluation.thresholds import calibrate_adapter
 from mmkd.schema import read_gold, read_items
 from mmkd.stage_io import seed_everything
 from mmkd.training.config import DPOSettings, LoraSettings, Stage2Settings, TrainSettings

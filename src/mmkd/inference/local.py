@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from mmkd.answer_cache import file_sha256
+from mmkd.inference.answer_cache import file_sha256
 from mmkd.inference.base import BackendUsage, InferenceReply, InferenceRequest, ReplyCallback
 from mmkd.items import check_max_image_pixels
 

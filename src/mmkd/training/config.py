@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import get_type_hints
 
-from mmkd.conflict import STAGE1_TARGETS
 from mmkd.items import check_max_image_pixels
+from mmkd.selection.conflicts import STAGE1_TARGETS
 from mmkd.training.cpu_speedups import CpuSpeedups
 
 # LoRA on the language model only (the vision tower and projector stay frozen), on every attention and MLP

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import polars as pl
 
-from mmkd.answer_cache import AnswerCache, cache_dir_for, cache_path
-from mmkd.inference import LabelSettings, label_settings, make_backend
-from mmkd.inference.openai_compat import ConfigError
-from mmkd.labelling import LabelTally, label_items, run_accounting, shard_items, teacher_metrics
+from mmkd.inference.answer_cache import AnswerCache, cache_dir_for, cache_path
+from mmkd.inference.answering import LabelTally, label_items, run_accounting, shard_items, teacher_metrics
+from mmkd.labelling.backends import LabelSettings, label_settings, make_backend
+from mmkd.labelling.openai_compat import ConfigError
 from mmkd.paths import (
     LABELLED_SPLITS,
     answers_file,

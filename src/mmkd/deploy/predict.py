@@ -6,8 +6,8 @@ from pathlib import Path
 
 import polars as pl
 
+from mmkd.inference.answering import label_items
 from mmkd.inference.local import LocalBackend, LocalConfig
-from mmkd.labelling import label_items
 from mmkd.schema import SchemaError, conform_items, read_items
 
 DEFAULT_PROMPT_VERSION = "v1"  # for a bare base model, or an adapter saved before adapters recorded it
@@ -55,12 +55,12 @@ def read_item_file(path: str | Path) -> pl.DataFrame:
 
 def operating_threshold(adapter: str | None, override: float | None) -> float | None:
     """The threshold that labels a scored answer: ``override`` (``--threshold``), else the val threshold recorded in
-    the adapter (mmkd.calibration), else None (the label as the model wrote it, i.e. score >= 0.5)."""
+    the adapter (mmkd.evaluation.thresholds), else None (the label as the model wrote it, i.e. score >= 0.5)."""
     if override is not None:
         if not 0.0 <= override <= 1.0:
             raise ValueError(f"--threshold {override}: give a probability in [0, 1]")
         return override
-    from mmkd.calibration import recorded_threshold
+    from mmkd.evaluation.thresholds import recorded_threshold
 
     return recorded_threshold(adapter)
 
@@ -70,6 +70,6 @@ def predict_items(
 ) -> pl.DataFrame:
     """Answers (answers schema) of the student to every item, each with its score; with ``threshold``, a scored
     answer's label is ``falsified`` when its score is at least the threshold."""
-    from mmkd.calibration import thresholded
+    from mmkd.evaluation.thresholds import thresholded
 
     return thresholded(label_items(predictor, items, source="student", prompt_version=prompt_version), threshold)

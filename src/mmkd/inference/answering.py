@@ -2,9 +2,9 @@
 
 Used for teacher labelling and for scoring the student at evaluation, so both go through one code path.
 Bad items (missing or unreadable image, empty caption) are recorded as ``skipped`` with a message naming the
-item and the fix; the other items are still answered. With an answer cache (mmkd.answer_cache), every answer is
-stored the moment it arrives and items already answered are not asked again; failed items are not stored, so the
-next run retries exactly those.
+item and the fix; the other items are still answered. With an answer cache (mmkd.inference.answer_cache), every
+answer is stored the moment it arrives and items already answered are not asked again; failed items are not stored, so
+the next run retries exactly those.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 import polars as pl
 from tqdm.auto import tqdm
 
-from mmkd.answer_cache import AnswerCache, CachedAnswer, answer_key, file_sha256
+from mmkd.inference.answer_cache import AnswerCache, CachedAnswer, answer_key, file_sha256
 from mmkd.inference.base import BackendStopped, InferenceBackend, InferenceReply, InferenceRequest
 from mmkd.items import BadItem, check_caption, load_image
 from mmkd.parsing import parse_answer

@@ -112,8 +112,8 @@ def export_model(
     params = _read_optional(params_path, yaml.safe_load)
     max_new_tokens = max_new_tokens or DEFAULT_MAX_NEW_TOKENS
 
+    from mmkd.deploy.predict import trained_prompt_version
     from mmkd.modeling import load_student  # torch + transformers: only once the arguments are known to be good
-    from mmkd.predict import trained_prompt_version
 
     log.info("merging %s into %s", " + ".join(chain), base)
     model, processor = load_student(base, chain[-1], dtype=dtype, device=device)
@@ -226,8 +226,8 @@ def _check_out(out: Path, *, overwrite: bool, inputs: list[str]) -> None:
 def resolve_threshold(explicit: float | None, adapter: str | Path) -> dict:
     """The threshold to ship, by ``mmkd predict``'s precedence (``operating_threshold``): ``explicit`` > the value
     the adapter recorded on val (with its rule) > none (null: the label the model wrote, i.e. score >= 0.5)."""
-    from mmkd.calibration import THRESHOLD_KEY
-    from mmkd.predict import operating_threshold
+    from mmkd.deploy.predict import operating_threshold
+    from mmkd.evaluation.thresholds import THRESHOLD_KEY
 
     try:
         value = operating_threshold(str(adapter), explicit)

@@ -1,9 +1,9 @@
 """The operating threshold of a scored detector, chosen on val and recorded with the model.
 
 A system's answers carry ``score`` = P(falsified) (mmkd.scoring). ``calibrate`` chooses the threshold on the val
-split with ``mmkd.ranking.choose_threshold`` (the rule ``score >= t -> falsified`` that maximises val accuracy, or,
-with ``max_fpr``, the most accurate one whose val false-positive rate is at most ``max_fpr``). It sees val answers
-and val gold labels only: the test split is never an argument here, so it cannot be read for a threshold.
+split with ``mmkd.evaluation.ranking.choose_threshold`` (the rule ``score >= t -> falsified`` that maximises val
+accuracy, or, with ``max_fpr``, the most accurate one whose val false-positive rate is at most ``max_fpr``). It sees
+val answers and val gold labels only: the test split is never an argument here, so it cannot be read for a threshold.
 
 Each training stage (stage1, stage2 and every trained baseline) calibrates its own adapter after training and
 records the result in the adapter's ``mmkd_adapter.json`` (``threshold``), so that ``mmkd predict`` and
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from mmkd.ranking import choose_threshold
+from mmkd.evaluation.ranking import choose_threshold
 from mmkd.schema import FALSIFIED, PRISTINE
 
 log = logging.getLogger(__name__)
@@ -103,8 +103,8 @@ def calibrate_adapter(
     max_fpr: float | None = None,
 ) -> dict:
     """Answer the val items with the student ``base`` + ``adapter_dir``, choose its threshold and record it."""
+    from mmkd.inference.answering import label_items
     from mmkd.inference.local import LocalBackend, LocalConfig
-    from mmkd.labelling import label_items
 
     config = LocalConfig(
         model=base, adapter=str(adapter_dir), dtype=dtype, batch_size=batch_size, max_new_tokens=max_new_tokens

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import polars as pl
 
-from mmkd.evaluation import METRIC_KEYS
+from mmkd.evaluation.metrics import METRIC_KEYS
 
 CURVES = {  # title -> dvclive directory (relative to the repo root)
     "Stage 1 SFT": "dvclive/stage1",
