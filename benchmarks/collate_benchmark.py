@@ -27,7 +27,7 @@ from transformers import TrainerCallback
 
 from mmkd.modeling import load_model
 from mmkd.schema import read_answers, read_items
-from mmkd.selection.conflicts import stage1_rows
+from mmkd.selection.targets import stage1_rows
 from mmkd.stage_io import seed_everything
 from mmkd.training import trainers
 from mmkd.training.config import LoraSettings, Stage1Settings, TrainSettings, from_params

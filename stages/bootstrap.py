@@ -1,6 +1,11 @@
 """Stage `bootstrap@<group>`: build the group's demo models from config and pre-train them, `jobs` at a time, into
 models/<group>/<model> (see mmkd.demo.bootstrap)."""
 
+# ruff: noqa: E402
+from mmkd.numerics import pin_stage_numerics
+
+if __name__ == "__main__":  # first: torch, MKL and oneDNN fix their kernels' ISA and threads as they load
+    pin_stage_numerics()  # the `numerics` params (mmkd.numerics)
 import sys
 
 from mmkd import paths

@@ -6,6 +6,11 @@ With ``launch.num_processes: 1`` and no ``launch.config_file`` (the default) the
 writes outputs (mmkd.training.trainers). docs/paper_scale.md#several-gpus-accelerate-launch.
 """
 
+# ruff: noqa: E402
+from mmkd.numerics import pin_stage_numerics
+
+if __name__ == "__main__":  # first: torch, MKL and oneDNN fix their kernels' ISA and threads as they load
+    pin_stage_numerics()  # the `numerics` params (mmkd.numerics)
 import argparse
 import logging
 import os

@@ -2,75 +2,47 @@
 and the Stage-2 data -> data/split/, and each baseline's training data -> data/baselines/<name>/; every gold label
 read is counted in metrics/split.json.
 
-Baselines: ``random_budget``, the Stage-2 data of a seeded random sample of as many items as the method read;
-``gold_only``, the method's own gold labels as SFT targets from the base model (no Stage 1); and, when
-``baselines.supervised`` lists it, ``full_supervision``, the gold label of every train item (it reads them all)."""
-
-import polars as pl
+Gold comes from the dataset's train.gold.parquet and people's annotation/labels/train.jsonl (``annotation.prefer``
+decides where both exist); missing labels stop the stage, naming the count and the commands (docs/annotation.md).
+The baselines (``random_budget`` where ``baselines.stage2`` lists it, ``gold_only`` and ``full_supervision`` where
+``baselines.supervised`` does) are described in mmkd.selection.baselines."""
 
 from mmkd import paths
+from mmkd.annotation.labels import split_gold
 from mmkd.console import setup_logging
-from mmkd.schema import PAIR_SCHEMA, gold_path, read_answers
-from mmkd.selection.conflicts import Selection, conflict_split, gold_sft_rows
+from mmkd.schema import SchemaError, read_answers
+from mmkd.selection.baselines import split_with_baselines, unknown_supervised
+from mmkd.selection.conflicts import Selection
 from mmkd.stage_io import read_params, write_json
-
-BASELINE_KEYS = (
-    "gold_labels_read",
-    "labelled_fraction",
-    "selected_without_chosen",
-    "stage2_sft_rows",
-    "stage2_dpo_pairs",
-)
-
-
-def write_tables(tables, baseline: str | None = None) -> None:
-    for table, path in zip(tables, paths.split_tables(baseline), strict=True):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        table.write_parquet(path)
 
 
 def main() -> None:
     setup_logging()
     params = read_params()
     answers = {t: read_answers(paths.answers_file(t, "train")) for t in params["teacher_names"]}
-    gold_file = gold_path(paths.items_file(params["data"]["dir"], "train"))
-    unparsed = params["split"]["unparsed"]
+    gold = split_gold(params["data"]["dir"], "train", params["annotation"]["prefer"])
     try:
         selection = Selection(**params["split"]["select"])
     except (TypeError, ValueError) as exc:
         raise SystemExit(f"split: split.select in params.yaml: {exc}") from None
-    supervised = params["baselines"]["supervised"]
-    unknown = sorted(set(supervised) - set(paths.SUPERVISED_BASELINES))
-    if unknown:
-        raise SystemExit(f"split: baselines.supervised: unknown {unknown}; use {list(paths.SUPERVISED_BASELINES)}")
-
-    selected, sft, pairs, metrics = conflict_split(answers, gold_file, unparsed=unparsed, selection=selection)
-    write_tables((selected, sft, pairs))
-    no_pairs = pl.DataFrame(schema=PAIR_SCHEMA)
-    baselines, read = {}, set(selected["id"])
-
-    # random_budget: as many gold labels as the method read, on a seeded random sample (what selection adds)
-    random_budget = Selection("random", budget=metrics["gold_labels_read"], seed=selection.seed)
-    *tables, baselines["random_budget"] = conflict_split(
-        answers, gold_file, unparsed=unparsed, selection=random_budget
-    )
-    write_tables(tables, "random_budget")
-    read |= set(tables[0]["id"])
-    if "gold_only" in supervised:  # the method's gold labels, without the teachers' other answers
-        rows = gold_sft_rows(selected, sft)
-        write_tables((selected, rows, no_pairs), "gold_only")
-        baselines["gold_only"] = metrics | {"stage2_sft_rows": len(rows), "stage2_dpo_pairs": 0}
-    if "full_supervision" in supervised:  # every train item's gold label: the upper bound
-        everything = Selection("all")
-        every, every_sft, _, baselines["full_supervision"] = conflict_split(
-            answers, gold_file, unparsed=unparsed, selection=everything
+    supervised, stage2 = params["baselines"]["supervised"], params["baselines"]["stage2"]
+    if problem := unknown_supervised(supervised, stage2):
+        raise SystemExit(f"split: {problem}")
+    try:
+        tables, metrics = split_with_baselines(
+            answers,
+            gold,
+            unparsed=params["split"]["unparsed"],
+            selection=selection,
+            supervised=supervised,
+            stage2=stage2,
         )
-        rows = gold_sft_rows(every, every_sft)
-        write_tables((every, rows, no_pairs), "full_supervision")
-        baselines["full_supervision"] |= {"stage2_sft_rows": len(rows), "stage2_dpo_pairs": 0}
-        read |= set(every["id"])
-    metrics["baselines"] = {name: {k: m[k] for k in BASELINE_KEYS} for name, m in baselines.items()}
-    metrics["gold_labels_read_with_baselines"] = len(read)
+    except SchemaError as exc:  # gold labels missing: before any training, with what to do
+        raise SystemExit(f"split: {exc}") from None
+    for baseline, written in tables.items():
+        for table, path in zip(written, paths.split_tables(baseline), strict=True):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            table.write_parquet(path)
     write_json(paths.metrics_file("split"), metrics)
 
 

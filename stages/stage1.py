@@ -1,15 +1,19 @@
-"""Stage `stage1`: LoRA SFT of the student on the teachers' answers -> models/stage1 (adapter), dvclive/stage1.
-With ``--baseline NAME`` (stage `supervised@NAME`), the same recipe from the base model on a baseline's gold-label
-targets (data/baselines/NAME/sft.parquet) -> models/baselines/NAME, dvclive/baselines/NAME. After training, the
-adapter's operating threshold is chosen on val and recorded in it (mmkd.evaluation.thresholds)."""
+"""Stage `stage1`: LoRA SFT of the student on the teachers' answers -> models/stage1, dvclive/stage1. With
+``--baseline NAME`` (`supervised@NAME`), the same recipe from the base model on data/baselines/NAME/sft.parquet ->
+models/baselines/NAME. Its threshold is then chosen on val and recorded in it (mmkd.evaluation.thresholds)."""
 
+# ruff: noqa: E402
+from mmkd.numerics import pin_stage_numerics
+
+if __name__ == "__main__":  # first: torch, MKL and oneDNN fix their kernels' ISA and threads as they load
+    pin_stage_numerics()  # the `numerics` params (mmkd.numerics)
 import argparse
 
 from mmkd import paths
 from mmkd.console import setup_logging
 from mmkd.evaluation.thresholds import calibrate_from_params
 from mmkd.schema import read_answers, read_items, read_sft_rows
-from mmkd.selection.conflicts import stage1_rows
+from mmkd.selection.targets import stage1_rows
 from mmkd.stage_io import read_params, seed_everything
 from mmkd.training.config import Stage1Settings, from_params
 from mmkd.training.rows import with_prompts
@@ -24,7 +28,6 @@ def main() -> None:
     params = read_params()
     student, settings = params["student"], from_params(Stage1Settings, params["stage1"], "stage1")
     seed_everything(params["seed"])
-
     items = read_items(paths.items_file(params["data"]["dir"], "train"))
     if args.baseline is None:
         answers = {t: read_answers(paths.answers_file(t, "train")) for t in params["teacher_names"]}

@@ -3,6 +3,11 @@ dvclive/stage2. With ``--baseline NAME`` (stage `baseline@NAME`), the same recip
 (data/baselines/NAME) -> models/baselines/NAME, dvclive/baselines/NAME. After training, the adapter's operating
 threshold is chosen on val and recorded in it (mmkd.evaluation.thresholds)."""
 
+# ruff: noqa: E402
+from mmkd.numerics import pin_stage_numerics
+
+if __name__ == "__main__":  # first: torch, MKL and oneDNN fix their kernels' ISA and threads as they load
+    pin_stage_numerics()  # the `numerics` params (mmkd.numerics)
 import argparse
 
 from mmkd import paths

@@ -2,7 +2,8 @@
 Stage-2 adapters trained on them (built lazily, once, only by the tests that ask).
 
 Random weights are enough for the mechanics tests (shapes, files, parameter updates); nothing here needs a model
-that answers well. Everything is built locally, so the suite runs offline.
+that answers well. Everything is built locally, so the suite runs offline. Also here: which tests make the slow tier
+(docs/developing.md), and the early start of the end-to-end pipeline runs.
 """
 
 from __future__ import annotations
@@ -28,6 +29,70 @@ from mmkd.training.rows import with_prompts
 
 # What load_model does before it loads a processor; some tests call AutoProcessor.from_pretrained directly.
 register_processor_plugins()
+
+# The slow tier (`-m slow`; the fast one is `-m "not slow"`, docs/developing.md): tests with these markers, tests
+# that use a fixture that trains, and the tests below, each more than a few seconds (measured with --durations).
+# A new slow test says so itself, with @pytest.mark.slow.
+SLOW_MARKERS = ("e2e", "multiprocess", "vllm", "label_studio")
+TRAINING_FIXTURES = ("answering_models", "stage1_run", "stage2_run")
+SLOW_TESTS = (  # node-id prefixes: a whole module, or a test and its parameters
+    "tests/data/test_prepare_stage.py::test_repro_prepares_the_raw_folder_and_tracks_it",
+    "tests/data/test_prepare_stage.py::test_stage_list_has_prepare_and_no_demo_stages",
+    "tests/data/test_prepare_stage_safety.py::test_a_hostile_raw_folder_is_prepared_with_its_report",
+    "tests/data/test_prepare_stage_safety.py::test_a_data_dir_holding_the_raw_folder_is_refused",
+    "tests/data/test_verite.py::test_the_stage_runs_prepare_verite_by_name",
+    "tests/demo/test_bootstrap.py::test_a_failing_model_is_named",
+    "tests/demo/test_bootstrap.py::test_a_group_trained_side_by_side",
+    "tests/demo/test_bootstrap.py::test_a_model_whose_init_from_model_fails",
+    "tests/demo/test_bootstrap.py::test_bootstrapped_model_loads_through_auto_classes",
+    "tests/demo/test_bootstrap.py::test_init_from_starts_from_the_named_models_trained_weights",
+    "tests/demo/test_tiny.py::test_generate_answers_every_batch_from_its_own_prompts",
+    "tests/demo/test_tiny.py::test_generate_pads_on_the_left",
+    "tests/inference/test_label_stage.py",  # `dvc repro` of the label stage against servers
+    "tests/inference/test_transformers_serve.py",  # a served model
+    "tests/test_architectures.py::test_local_teacher_with_profile_settings_labels_items",
+    "tests/test_export.py::test_exported_model_answers_like_mmkd_predict_without_mmkd",
+    "tests/test_gpu_step_benchmark.py",
+    "tests/test_labelling.py::test_an_answer_cached_without_a_score_is_scored_by_the_local_model",
+    "tests/test_plots_offline.py",
+    "tests/test_scoring.py::test_generation_returns_a_score_per_answer",
+    "tests/training/test_collate.py::test_sft_trains_to_the_same_weights_with_the_cache",
+    "tests/training/test_logprob_head.py::test_full_head_trains_sft_and_dpo_as_the_kernel_does",
+    "tests/training/test_trainers.py::test_gradient_checkpointing_and_accumulation_still_train_every_lora_parameter",
+    "tests/training/test_trainers.py::test_image_cap_is_recorded_inherited_by_stage2_and_applied_when_loading",
+    "tests/training/test_trainers.py::test_modules_to_save_trains_the_output_layer_in_full_and_loads_back",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark the slow tier (see SLOW_MARKERS)."""
+    for item in items:
+        if (
+            any(item.get_closest_marker(m) for m in SLOW_MARKERS)
+            or set(TRAINING_FIXTURES) & set(getattr(item, "fixturenames", ()))
+            or item.nodeid.startswith(SLOW_TESTS)
+        ):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def e2e_pipeline_started(request, tmp_path_factory):
+    """When a test of tests/test_pipeline_e2e.py is selected, its two cold pipeline runs start with the session, in
+    the background, so that they overlap the tests before it (``test_pipeline_e2e.start_pipeline``); else None. A
+    failure to start is handed to that module's fixture, which raises it there, not in whichever test came first."""
+    if not any(item.path.name == "test_pipeline_e2e.py" for item in request.session.items):
+        yield None
+        return
+    from test_pipeline_e2e import start_pipeline
+
+    try:
+        started = start_pipeline(tmp_path_factory.mktemp("pipeline"))
+    except (Exception, pytest.skip.Exception, pytest.fail.Exception) as e:
+        yield e
+        return
+    yield started
+    started.stop()
+
 
 WORLD_SIZES = {"bootstrap": 64, "train": 24, "test": 16}
 PROMPT_VERSION = "v1"

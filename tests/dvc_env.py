@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -52,9 +53,38 @@ def pipeline_repo(root: Path, repo: Path, params: dict) -> Path:
     """``repo`` made a git + DVC repo (no commit) holding dvc.yaml, stages/, src/ and conf/ of the checkout at
     ``root``, with ``params`` (composed by the test) as params.yaml."""
     shutil.copy2(root / "dvc.yaml", repo / "dvc.yaml")
-    for folder in ("stages", "src", "conf"):
+    # with the folders the checkout tracks that are deps of the DAG: the labels files, the (empty) test-set roots
+    for folder in ("stages", "src", "conf", "annotation/labels", "data/test_sets", "data/test_gold"):
         shutil.copytree(root / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run_ok(repo, "git", "init", "-q")
     dvc_ok(repo, "init", "-q")
     return repo
+
+
+class Background:
+    """A command started now in its own process group, its output in ``log``; ``result()`` waits for it. Tests start
+    a slow pipeline this way to run it beside other work (the CI machine has 2 cores; one pipeline uses one well)."""
+
+    def __init__(self, cwd: Path, env: dict[str, str], *args: str, log: Path):
+        self.cwd, self.args, self.log = cwd, list(args), log
+        with log.open("w") as out:  # a file, not a pipe: nobody reads while it runs
+            self.process = subprocess.Popen(
+                self.args, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    def result(self, timeout: float | None = None) -> subprocess.CompletedProcess:
+        """Wait for the command (at most ``timeout`` seconds, then end it and raise TimeoutExpired); its exit status,
+        and its output as stdout (stderr went there too)."""
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise
+        return subprocess.CompletedProcess(self.args, code, stdout=self.log.read_text(), stderr="")
+
+    def stop(self) -> None:
+        """End the command and everything it started, if it still runs (a session that ends early)."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait()

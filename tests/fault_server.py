@@ -2,11 +2,13 @@
 launcher for a real model server.
 
 - ``FaultInjectingChatServer``: a **fake** OpenAI-compatible Chat Completions endpoint that returns a canned answer
-  after a fixed latency, and injects faults on request: HTTP 500 / 503, 429 with ``Retry-After``, 400 with a
+  after a fixed latency, and injects faults on request: HTTP 500 / 502 / 503, 429 with ``Retry-After``, 400 with a
   reason (context length), 401, malformed JSON, a 200 whose text is not an answer (``unparsed``), a hang past the
-  client's timeout, or a full answer trickled out one byte per ``trickle_s`` (each byte resets an inactivity
-  timer, so only a bound on the whole attempt stops it). It records every request it sees and the peak number in
-  flight. Asked for logprobs, it ignores the request (``logprobs="ignore"``: a 200 without them, as
+  client's timeout, a connection closed without a response (``drop``), or a full answer trickled out one byte per
+  ``trickle_s`` (each byte resets an inactivity timer, so only a bound on the whole attempt stops it); by item, to
+  its first requests (``first_faults``) or to all. It goes down as a restarting server does with
+  ``refuse_connections(seconds)`` (or after ``down_after`` answers). It records every request it sees and the peak
+  number in flight. Asked for logprobs, it ignores the request (``logprobs="ignore"``: a 200 without them, as
   ``transformers serve`` 5.x does), refuses it (``"refuse"``: 422 naming the fields, as ``transformers serve``
   did before 5.x), or returns a made-up block (``"return"``, see ``fake_logprobs``).
 - ``CountingProxy``: forwards requests to a real server (e.g. ``transformers serve``) and records which prompts
@@ -40,7 +42,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
-FAULTS = ("ok", "500", "503", "429", "400", "401", "malformed", "hang", "trickle", "unparsed")
+FAULTS = ("ok", "500", "502", "503", "429", "400", "401", "malformed", "hang", "trickle", "unparsed", "drop")
+ERRORS = {  # the HTTP errors a fault answers with, and their messages
+    "500": "injected internal error",
+    "502": "injected: bad gateway",
+    "503": "injected: service unavailable",
+    "400": "injected: maximum context length is 4096 tokens, this request has 5012",
+    "429": "injected rate limit",
+    "401": "injected: invalid API key",
+}
 UNPARSED_ANSWER = "I am not sure what to say about this image."  # a 200 whose text is not in the answer format
 CANNED_ANSWER = "Label: pristine. Rationale: canned answer of the fault-injecting test server."
 LOGPROBS_MODES = ("ignore", "refuse", "return")
@@ -52,6 +62,10 @@ LABEL_WORDS = ("pristine", "falsified")  # spelled out: a test double does not i
 class _Server(ThreadingHTTPServer):
     daemon_threads = True  # a hung handler must not block shutdown
     request_queue_size = 256  # many clients connect at once (the default backlog of 5 drops connections)
+
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], OSError):  # a connection the client or a restart closed: no traceback
+            super().handle_error(request, client_address)
 
 
 def prompt_text(body: dict) -> str:
@@ -80,20 +94,26 @@ class SeenRequest:
 @dataclass
 class FaultScript:
     """Faults to inject, by a tag that appears in the prompt: ``{"item-7": ["500", "429"]}`` fails the first two
-    attempts of the item whose prompt contains ``item-7``, then answers. Every other request gets ``default``
-    (``ok``: answered; e.g. ``503``: a server that fails everything)."""
+    attempts of the item whose prompt contains ``item-7``, then answers. ``first``: the faults of the server's
+    first requests, whatever their item (then the tags count). Every other request gets ``default`` (``ok``:
+    answered; e.g. ``503``: a server that fails everything)."""
 
     by_tag: dict[str, list[str]] = field(default_factory=dict)
     default: str = "ok"
+    first: list[str] = field(default_factory=list)
     attempts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    seen: int = 0
 
     def __post_init__(self):
-        for tag, faults in [*self.by_tag.items(), ("default", [self.default])]:
+        for tag, faults in [*self.by_tag.items(), ("default", [self.default]), ("first", self.first)]:
             bad = [f for f in faults if f not in FAULTS]
             if bad:
                 raise ValueError(f"fault script for {tag!r}: unknown fault(s) {bad}; use {FAULTS}")
 
     def next_fault(self, prompt: str) -> str:
+        self.seen += 1
+        if self.seen <= len(self.first):
+            return self.first[self.seen - 1]
         for tag, faults in self.by_tag.items():
             if tag in prompt:
                 n = self.attempts[tag]
@@ -149,24 +169,32 @@ class FaultInjectingChatServer:
         trickle_s: float = 0.5,
         logprobs: str = "ignore",
         p_falsified: float = 0.7,
+        first_faults: list[str] | None = None,
+        down_after: int | None = None,
+        down_for_s: float = math.inf,
     ):
         if logprobs not in LOGPROBS_MODES:
             raise ValueError(f"logprobs must be one of {LOGPROBS_MODES}, got {logprobs!r}")
         self.latency, self.retry_after, self.hang_s, self.answer = latency, retry_after, hang_s, answer
         self.trickle_s = trickle_s
         self.logprobs, self.p_falsified = logprobs, p_falsified
-        self.script = FaultScript(dict(faults or {}), default=default_fault)
+        self.script = FaultScript(dict(faults or {}), default=default_fault, first=list(first_faults or []))
+        self.down_after, self.down_for_s = down_after, down_for_s  # go down once, after so many answered requests
+        self.answered = 0
+        self.downs = 0  # times it went down (not counting stop)
+        self._connections: set[socket.socket] = set()
         self.requests: list[SeenRequest] = []
         self.in_flight = 0
         self.peak_in_flight = 0
         self._lock = threading.Lock()
         self._closing = threading.Event()
-        self._httpd = _Server(("127.0.0.1", port), self._handler())
+        self._httpd: _Server | None = _Server(("127.0.0.1", port), self._handler())
+        self._port = self._httpd.server_address[1]
         self._thread: threading.Thread | None = None
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+        return f"http://127.0.0.1:{self._port}/v1"
 
     def set_faults(self, faults: dict[str, list[str]], default_fault: str = "ok") -> None:
         """Replace the fault script (attempt counts start again)."""
@@ -189,17 +217,11 @@ class FaultInjectingChatServer:
                 self._closing.wait(self.hang_s)
             elif self.latency:
                 time.sleep(self.latency)
-            if fault == "500":
-                return 500, {}, b'{"error": {"message": "injected internal error"}}'
-            if fault == "503":
-                return 503, {}, b'{"error": {"message": "injected: service unavailable"}}'
-            if fault == "400":
-                message = b"injected: maximum context length is 4096 tokens, this request has 5012"
-                return 400, {}, b'{"error": {"message": "' + message + b'"}}'
-            if fault == "429":
-                return 429, {"Retry-After": self.retry_after}, b'{"error": {"message": "injected rate limit"}}'
-            if fault == "401":
-                return 401, {}, b'{"error": {"message": "injected: invalid API key"}}'
+            if fault == "drop":
+                return 0, {}, b""
+            if fault in ERRORS:
+                headers = {"Retry-After": self.retry_after} if fault == "429" else {}
+                return int(fault), headers, json.dumps({"error": {"message": ERRORS[fault]}}).encode()
             if fault == "malformed":
                 return 200, {}, b'{"id": "x", "choices": [{"message": {"content": "Label: pris'
             asks_logprobs = bool(body.get("logprobs")) or "top_logprobs" in body
@@ -233,12 +255,31 @@ class FaultInjectingChatServer:
             protocol_version = "HTTP/1.1"
             disable_nagle_algorithm = True  # else headers and body wait on a delayed ACK (40 ms a request)
 
+            def setup(self):  # open connections are tracked, to be cut when the server goes down
+                super().setup()
+                with server._lock:
+                    server._connections.add(self.connection)
+
+            def finish(self):
+                with server._lock:
+                    server._connections.discard(self.connection)
+                super().finish()
+
             def do_POST(self):  # noqa: N802 (http.server's naming)
                 length = int(self.headers.get("Content-Length", 0))
                 body = json.loads(self.rfile.read(length) or b"{}")
                 status, headers, payload = server._respond(body, self.headers.get("Authorization"))
+                if status == 0:  # drop: close the connection without a response
+                    self.close_connection = True
+                    return
                 trickle = server.trickle_s if headers.pop("X-Trickle", None) else None
                 _send(self, status, headers, payload, trickle_s=trickle)
+                if status == 200:
+                    with server._lock:
+                        server.answered += 1
+                        down = server.answered == server.down_after
+                    if down:  # from another thread: this handler's own connection is closed too
+                        threading.Thread(target=server.refuse_connections, args=(server.down_for_s,)).start()
 
             def log_message(self, *args):  # quiet: tests and benchmarks count requests themselves
                 pass
@@ -252,8 +293,30 @@ class FaultInjectingChatServer:
 
     def stop(self) -> None:
         self._closing.set()
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        self.refuse_connections(math.inf)
+
+    def refuse_connections(self, seconds: float) -> None:
+        """Go down as a restarting server does: stop listening and close every open connection now (requests in
+        flight get no response), refuse connections for ``seconds`` (``inf``: for good), then listen again on the
+        same port."""
+        with self._lock:
+            httpd, self._httpd = self._httpd, None
+        if httpd is None:
+            return
+        httpd.shutdown()
+        httpd.server_close()
+        with self._lock:
+            connections, self.downs = list(self._connections), self.downs + (not self._closing.is_set())
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        if math.isfinite(seconds):
+            self._closing.wait(seconds)
+            with self._lock:
+                if self._closing.is_set():
+                    return
+                self._httpd = _Server(("127.0.0.1", self._port), self._handler())
+                threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True).start()
 
     def __enter__(self) -> FaultInjectingChatServer:
         return self.start()
@@ -380,7 +443,7 @@ def main() -> None:
     args = parser.parse_args()
     server = FaultInjectingChatServer(latency=args.latency, port=args.port)
     print(server.base_url, flush=True)
-    server._httpd.serve_forever()
+    server._httpd.serve_forever()  # type: ignore[union-attr]
 
 
 if __name__ == "__main__":

@@ -90,6 +90,8 @@ def test_a_system_without_scores_gets_nulls_not_numbers():
         "auprc": None,
         "ece": None,
         "brier": None,
+        "ece_calibrated": None,
+        "brier_calibrated": None,
         "n_scored": 0,
         "accuracy_at_half": None,
         "accuracy_at_threshold": None,
@@ -104,3 +106,28 @@ def test_the_threshold_is_recorded_in_the_adapter(tmp_path):
     record_threshold(tmp_path, calibrate(answers(VAL_SCORES), gold(VAL_GOLD)))
     assert recorded_threshold(tmp_path) == 0.9
     assert json.loads((tmp_path / ADAPTER_INFO).read_text())["base"] == "b"  # the rest is kept
+
+
+def test_a_val_item_without_an_answer_stops_calibration_instead_of_counting_as_wrong():
+    # stale val answers (an item added since labelling) would otherwise lower val_accuracy without a word
+    with pytest.raises(ValueError, match="no answer for 1 val item"):
+        calibrate(answers(VAL_SCORES[:3]), gold(VAL_GOLD))
+
+
+def test_evaluate_reports_ece_after_the_val_fitted_score_calibration():
+    """Saturated scores (0.9999 for 10 items, 8 falsified; 0.0001 for 10, 1 falsified): raw ECE is
+    (10 * |0.9999 - 0.8| + 10 * |0.0001 - 0.1|) / 20 = 0.1499; the Platt fit on the same items moves the two groups
+    towards their rates, so the calibrated ECE is lower, and the decisions at the threshold do not change."""
+    from mmkd.evaluation.calibration import fit_platt
+
+    scores = [0.9999] * 10 + [0.0001] * 10
+    labels = [F] * 8 + [P] * 2 + [F] + [P] * 9
+    fit = fit_platt(scores, [1.0 if label == F else 0.0 for label in labels])
+    calibration = {"value": 0.5, "rule": "best val accuracy", "score_calibration": fit}
+    metrics = score_ranked(answers(scores), gold(labels), calibration)
+    assert metrics["ece"] == pytest.approx(0.1499)
+    assert metrics["ece_calibrated"] == pytest.approx(fit["ece"]) and metrics["ece_calibrated"] < 0.1499 - 0.05
+    assert metrics["brier_calibrated"] < metrics["brier"]
+    uncalibrated = score_ranked(answers(scores), gold(labels), {"value": 0.5, "rule": "best val accuracy"})
+    assert uncalibrated["ece_calibrated"] is None
+    assert metrics["accuracy_at_threshold"] == uncalibrated["accuracy_at_threshold"] == 0.85

@@ -4,7 +4,8 @@ import polars as pl
 import pytest
 
 from mmkd.schema import SchemaError, answers_frame
-from mmkd.selection.conflicts import answers_wide, conflict_split, find_conflicts, stage1_rows
+from mmkd.selection.conflicts import answers_wide, conflict_split, find_conflicts
+from mmkd.selection.targets import stage1_rows
 
 
 def _answers(source: str, rows: list[tuple[str, str | None, str]]) -> pl.DataFrame:

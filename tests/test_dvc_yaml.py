@@ -57,8 +57,10 @@ def test_each_split_gold_is_read_only_by_its_stages(stages):
     assert readers == GOLD_READERS
 
 
-def test_only_bootstrap_depends_on_the_whole_world(stages, params):
-    """A dependency on the data folder (or above it) hides its gold files from the check above."""
+def test_only_bootstrap_depends_on_the_whole_world(params, tmp_path):
+    """A dependency on the data folder (or above it) hides its gold files from the check above. (The default DAG
+    uses the shipped demo models; ``bootstrap=demo`` adds the stage that retrains them.)"""
+    stages = stages_for(["bootstrap=demo"], tmp_path)
     world = PurePosixPath(params["data"]["dir"])
     readers = {
         name.split("@")[0]
@@ -213,9 +215,13 @@ def test_labelling_code_is_a_dependency_of_labelling_only(overrides, tmp_path):
             assert touched, f"{name} must depend on the labelling code it runs"
 
 
-def test_stage_outputs_are_the_paths_the_library_defines(stages, params):
+def test_stage_outputs_are_the_paths_the_library_defines(stages, params, tmp_path):
     """dvc.yaml and mmkd.paths spell each output path; they must agree, or DVC would track a folder nobody writes."""
     outs = {name: {PurePosixPath(o.def_path) for o in stage.outs} for name, stage in stages.items()}
+    retrain = stages_for(["bootstrap=demo"], tmp_path)["bootstrap@demo"]  # not in the default DAG
+    assert {PurePosixPath(o.def_path) for o in retrain.outs} == {
+        PurePosixPath(p) for p in paths.bootstrap_dirs("demo")
+    }
     want = {
         "split": {paths.SPLIT, paths.BASELINE_SPLITS, paths.metrics_file("split")},
         "stage1": {paths.STAGE1_ADAPTER, paths.DVCLIVE / "stage1"},
@@ -229,7 +235,6 @@ def test_stage_outputs_are_the_paths_the_library_defines(stages, params):
             paths.RELIABILITY,
             paths.metrics_file("evaluate"),
         },
-        "bootstrap@demo": set(paths.bootstrap_dirs("demo")),
         "world@demo": {
             params["data"]["dir"],
             paths.TEST_SETS / "ood",
@@ -273,7 +278,7 @@ def test_the_default_demo_has_two_teachers_and_a_gold_budget():
     """The default is the paper's setting: two teachers (every conflict is a 1-1 split, so Stage 2 has work to do),
     and gold labels on at most 15 % of the train items."""
     params = compose([], ROOT / "conf")
-    assert params == compose(["bootstrap=demo", "teachers=demo", "stage1=demo"], ROOT / "conf")
+    assert params == compose(["bootstrap=none", "teachers=demo", "stage1=demo"], ROOT / "conf")  # shipped models
     assert params["teacher_names"] == ["teacher_qwen", "teacher_llava"]
     assert params["split"]["select"] == {"rule": "conflict", "budget": 0.15, "seed": 0}
 

@@ -5,7 +5,9 @@ what was merged and the threshold by precedence, and refuses or cleans up instea
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -23,12 +25,16 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
+from mmkd import label_slot, scoring
 from mmkd.cli import main
+from mmkd.deploy import card_example
 from mmkd.deploy import export as export_module
-from mmkd.deploy.export import EXPORT_INFO, ExportError, chain_hashes, export_model, resolve_threshold, vllm_ready
+from mmkd.deploy.card import example_code, pipeline_system
+from mmkd.deploy.export import ExportError, export_model, vllm_ready
+from mmkd.deploy.manifest import EXPORT_INFO, SLOT_PREFIX, chain_hashes, resolve_threshold, score_info
 from mmkd.modeling import ADAPTER_INFO, load_student, user_turn, write_adapter_info
 from mmkd.prompts import get_prompt
-from mmkd.schema import read_items
+from mmkd.schema import LABELS, read_items
 from mmkd.scoring import generated_score
 
 TARGETS = r".*language_model.*\.(q_proj|v_proj|up_proj)"
@@ -72,12 +78,11 @@ def items(world_dir) -> pl.DataFrame:
     return read_items(world_dir / "test.parquet").head(4)
 
 
-def card_code(card: str, model_dir: Path) -> str:
-    """The Python block of a model card, pointed at ``model_dir``."""
+def card_code(card: str) -> str:
+    """The Python block of a model card, without the command line that runs it on a photo."""
     blocks = re.findall(r"```python\n(.*?)```", card, re.DOTALL)
     assert len(blocks) == 1, "the model card should hold one Python example"
-    code = re.sub(r"^MODEL = .*$", f"MODEL = {str(model_dir)!r}", blocks[0], count=1, flags=re.MULTILINE)
-    return code.split("\nimage = Image.open(", 1)[0]  # the definitions, without the example call on photo.jpg
+    return blocks[0].split('\nif __name__ == "__main__":', 1)[0]
 
 
 # Answers whose label slot the card's slot_score must find where mmkd.scoring does (or find none, as it does).
@@ -90,17 +95,17 @@ SLOT_ANSWERS = [
 ]
 
 PLAIN_RUN = """
-import sys
-rows = json.loads(sys.argv[1])
+model, processor, info = load(sys.argv[1])
+rows = json.loads(sys.argv[2])
 images = [Image.open(r["image_path"]).convert("RGB") for r in rows]
-answers = answer(images, [r["caption"] for r in rows])
+answers = answer(model, processor, info, images, [r["caption"] for r in rows])
 slots = []
-for k, text in enumerate(json.loads(sys.argv[2])):
+for k, text in enumerate(json.loads(sys.argv[3])):
     ids = processor.tokenizer.encode(text, add_special_tokens=False)
     logits = torch.randn(len(ids), len(processor.tokenizer), generator=torch.Generator().manual_seed(k))
-    slots.append(slot_score(ids, list(logits)))
+    slots.append(generated_score(processor.tokenizer, ids, list(logits)))
 out = {
-    "chats": [chat(r["caption"]) for r in rows],
+    "chats": [chat(processor, info, r["caption"]) for r in rows],
     "texts": [t for t, _ in answers],
     "scores": [p for _, p in answers],
     "slot_scores": slots,
@@ -113,10 +118,10 @@ print(json.dumps(out))
 def run_plain(card: str, model_dir: Path, items: pl.DataFrame, cwd: Path) -> dict:
     """Run the model card's code on ``items`` in a fresh Python process that never imports mmkd."""
     script = cwd / "plain.py"
-    script.write_text(card_code(card, model_dir) + textwrap.dedent(PLAIN_RUN))
+    script.write_text(card_code(card) + textwrap.dedent(PLAIN_RUN))
     rows = json.dumps(items.select("image_path", "caption").to_dicts())
     done = subprocess.run(
-        [sys.executable, str(script), rows, json.dumps(SLOT_ANSWERS)],
+        [sys.executable, str(script), str(model_dir), rows, json.dumps(SLOT_ANSWERS)],
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -188,6 +193,66 @@ def test_exported_model_answers_like_mmkd_predict_without_mmkd(arch, chain, item
     assert all(torch.equal(exported[k], merged[k]) for k in merged)
     generation = json.loads((out / "generation_config.json").read_text())
     assert generation["do_sample"] is False and generation["max_new_tokens"] == 64
+
+
+def standalone_card_program() -> dict:
+    """The names the card's program defines, run from its text (which must not import mmkd)."""
+    code = example_code()
+    assert not re.search(r"^\s*(from|import)\s+mmkd\b", code, re.MULTILINE), "the card's program must not need mmkd"
+    namespace = {"__name__": "card"}
+    exec(compile(code, "card.py", "exec"), namespace)
+    return namespace
+
+
+@pytest.mark.parametrize("arch", ["llava", "qwen2_vl"])
+def test_the_cards_program_reads_the_score_of_mmkd_label_slot_on_hand_made_logits(arch, tiny_models):
+    """p(falsified) : p(pristine) = 3 : 1 at the slot, any other token far likelier: the score is 3/4, read by the
+    card's program and by mmkd (the local backend's ``generated_score``) alike; other steps do not count."""
+    card = standalone_card_program()
+    tokenizer = AutoProcessor.from_pretrained(tiny_models[arch]).tokenizer
+    before = "Check: the sky. Label:"
+    ids = tokenizer.encode(before + " falsified. Rationale: another event.", add_special_tokens=False)
+    slot = len(tokenizer.encode(before, add_special_tokens=False))  # the value's first token, by hand
+    first = {label: tokenizer.encode(f"{before} {label}", add_special_tokens=False)[slot] for label in LABELS}
+    assert ids[slot] == first["falsified"] != first["pristine"]
+    logits = torch.randn(len(ids), len(tokenizer), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    logits[slot] = 0.0
+    logits[slot, first["falsified"]], logits[slot, first["pristine"]] = math.log(3.0), 0.0
+    logits[slot, tokenizer.encode(" the", add_special_tokens=False)[-1]] = 20.0  # renormalised away
+    for score in (card["generated_score"], label_slot.generated_score, scoring.generated_score):
+        assert score(tokenizer, ids, list(logits)) == pytest.approx(0.75, abs=1e-12)
+    logits[slot + 1, first["pristine"]] = 50.0  # the step after the slot is not read
+    assert card["generated_score"](tokenizer, ids, list(logits)) == pytest.approx(0.75, abs=1e-12)
+    assert card["generated_score"](tokenizer, ids[:slot], list(logits[:slot])) is None  # the answer ends at "Label:"
+
+
+def test_the_cards_program_is_card_example_with_mmkd_label_slot_written_out():
+    """The card embeds card_example.py and mmkd/label_slot.py verbatim (bar their docstrings and mmkd imports), and
+    its labels are mmkd's; its fallback reads the label as written only where there is no score or threshold."""
+    code = example_code()
+    for module in (card_example, label_slot):
+        for name in ("answer", "decide", "slot_index", "label_token_ids", "falsified_probability", "generated_score"):
+            if hasattr(module, name) and getattr(module, name).__module__ == module.__name__:
+                assert inspect.getsource(getattr(module, name)) in code
+    card = standalone_card_program()
+    assert card["LABELS"] == LABELS and card["FALSIFIED"] == "falsified" and card["PRISTINE"] == "pristine"
+    info = {"threshold": {"value": 0.4}}
+    assert card["decide"](info, "Label: pristine.", 0.45) == "falsified"  # the score against the threshold
+    assert card["decide"](info, "Label:  Pristine. Rationale: x", None) == "pristine"  # no score: as written
+    assert card["decide"]({"threshold": {"value": None}}, "label:falsified", 0.1) == "falsified"
+    assert card["decide"](info, "Rationale: no label.", None) is None
+
+
+def test_the_manifest_names_the_label_tokens_the_score_is_read_at(tiny_models):
+    """``score.token_ids`` in mmkd_export.json are the tokens at which ``generated_score`` (the local backend's,
+    mmkd.scoring's) reads each label after ``Label:``; the local backend and the manifest share one definition."""
+    assert scoring.generated_score is label_slot.generated_score
+    tokenizer = AutoProcessor.from_pretrained(tiny_models["llava"]).tokenizer
+    info = score_info(tokenizer)
+    assert info["slot_prefix"] == SLOT_PREFIX == "Label:"
+    for label in LABELS:
+        ids = tokenizer.encode(f"{SLOT_PREFIX} {label}. Rationale: x.", add_special_tokens=False)
+        assert ids[label_slot.slot_index(tokenizer, ids)] == info["token_ids"][label]
 
 
 @pytest.mark.parametrize(("arch", "stock", "video"), [("qwen2_vl", "Qwen2VLProcessor", "Qwen2VLVideoProcessor")])
@@ -291,8 +356,6 @@ def test_model_card_without_metrics_or_params_says_so(chain, tmp_path):
 def test_the_card_quotes_the_entry_of_the_pipeline_output_it_exports(monkeypatch, tmp_path):
     """models/stage1, models/stage2 and models/baselines/<name> are scored under stage1, stage2 and
     baselines.<name> (a baseline trained on top of Stage 1 must not quote Stage 2's numbers)."""
-    from mmkd.deploy.export import pipeline_system
-
     monkeypatch.chdir(tmp_path)
     for folder in ("models/stage1", "models/stage2", "models/baselines/random_budget", "elsewhere/stage2"):
         (tmp_path / folder).mkdir(parents=True)
@@ -393,7 +456,7 @@ def test_a_failed_export_leaves_nothing_behind(chain, tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(export_module, "_rename_tower_for_vllm", crash)
+    monkeypatch.setattr(export_module, "rename_tower_for_vllm", crash)
     with pytest.raises(RuntimeError, match="disk full"):
         export_model(chain("llava"), tmp_path / "export", metrics_path=None, params_path=None)
     assert list(tmp_path.iterdir()) == []

@@ -1,9 +1,12 @@
 """End-to-end runs of the DVC pipeline at CI size in a temporary git copy of this repo.
 
-One module-scoped fixture copies the tree (tracked plus untracked, non-ignored files), makes `data=demo_ci
-bootstrap=demo_ci` the defaults in the copy's conf/config.yaml (so `dvc exp run` composes the CI size too), commits
-and runs `dvc repro` once. The tests then check what it wrote, that DVC skips what did not change, that one teacher's
-setting invalidates only that teacher and what is downstream of it, a push/pull round trip, and two experiments.
+``start_pipeline`` copies the tree (tracked plus untracked, non-ignored files), makes `data=demo_ci bootstrap=demo_ci`
+the defaults in the copy's conf/config.yaml (so `dvc exp run` composes the CI size too) and commits; then it starts
+two cold `dvc repro` side by side: one in that repo, one in a fresh clone of the commit (a teammate's cold run, to
+compare byte for byte). tests/conftest.py calls it as the session starts, when a test of this module is selected,
+so both runs overlap the other tests. The tests then check what the first run wrote, that the cold clone wrote the
+same bytes, that DVC skips what did not change, that one teacher's setting invalidates only that teacher and what is
+downstream of it, a push/pull round trip and a teammate's pull from that remote, and two experiments.
 The tests share that one repo and run in file order: the experiments come last because they change the workspace.
 """
 
@@ -21,15 +24,20 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dvc_env import describe, offline_env
+from dvc_env import Background, describe, offline_env
 from expected_files import ADAPTER_FILES, DEMO_MODEL_FILES
 
+from mmkd.cli import compose
 from mmkd.evaluation.metrics import RANKING_KEYS, SYSTEM_KEYS, THRESHOLD_KEYS
 
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[1]
 CI_DEFAULTS = {"data": "demo_ci", "bootstrap": "demo_ci", "teachers": "demo_three"}  # three: more to check
+# Stage 1's recipe (stage1, supervised@gold_only) for 4 epochs of the CI world's 2 batches, not the demo's 32, with
+# a loss logged every 2 steps: the tests check that every stage runs and what it writes, not how well the student
+# learns. Set in the copy's conf/config.yaml, so `dvc exp run` composes it too.
+FEWER_STEPS = {"stage1": {"train": {"epochs": 4, "logging_steps": 2}}}
 TEACHERS = ("teacher_qwen", "teacher_llava", "teacher_third")
 STAGES = (
     "world@demo",
@@ -74,6 +82,7 @@ class Pipeline:
     repo: Path
     env: dict[str, str]
     first_repro: subprocess.CompletedProcess | None
+    cold: Background | None = None  # the cold `dvc repro` in a fresh clone (``cold.cwd``), started beside the first
 
 
 def run(repo: Path, env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -111,30 +120,62 @@ def copy_tree(dest: Path) -> None:
 
 
 def make_ci_default(config: Path) -> None:
-    """Point the defaults list of conf/config.yaml at the CI-size groups (a line edit keeps the comments)."""
+    """Point the defaults list of conf/config.yaml at the CI-size groups (a line edit keeps the comments), and add
+    FEWER_STEPS as the config's own values, which come after the groups' (`_self_` is last)."""
     text = config.read_text()
     for group, option in CI_DEFAULTS.items():
         text, n = re.subn(rf"^(\s*-\s*{group}\s*:\s*)\S+", rf"\g<1>{option}", text, flags=re.MULTILINE)
         assert n == 1, f"{config}: expected one `- {group}: ...` line in the defaults list, found {n}"
-    config.write_text(text)
+    for key in FEWER_STEPS:
+        assert not re.search(rf"^{key}:", text, flags=re.MULTILINE), f"{config} sets {key} itself: merge FEWER_STEPS"
+    config.write_text(text + "\n" + yaml.safe_dump(FEWER_STEPS))
 
 
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory) -> Pipeline:
-    """A committed CI-size copy of the repo on which `dvc repro` has run once (its result is in first_repro)."""
-    repo = tmp_path_factory.mktemp("pipeline")
+@dataclass
+class Started:
+    """A committed CI-size copy of the repo, and the two cold repros running: ``first`` in ``repo``, ``cold`` in a
+    fresh clone of the same commit."""
+
+    repo: Path
+    env: dict[str, str]
+    first: Background
+    cold: Background
+
+    def stop(self) -> None:
+        """End both runs if they still run (the session ended before the tests waited for them)."""
+        self.first.stop()
+        self.cold.stop()
+
+
+def start_pipeline(root: Path) -> Started:
+    """Make the CI-size repo in ``root``/repo, commit, clone it to ``root``/teammate_cold, and start a cold `dvc repro`
+    in each (logs beside them). Starting is quick; ``Background.result`` waits."""
+    repo, clone = root / "repo", root / "teammate_cold"
+    repo.mkdir()
     env = offline_env()
     copy_tree(repo)
     make_ci_default(repo / "conf" / "config.yaml")
     run(repo, env, sys.executable, "-m", "mmkd.cli", "compose")
-    pipeline = Pipeline(repo, env, first_repro=None)
-    git(pipeline, "init", "-q")
-    git(pipeline, "config", "user.name", env["GIT_AUTHOR_NAME"])
-    git(pipeline, "config", "user.email", env["GIT_AUTHOR_EMAIL"])
-    git(pipeline, "add", "-A")
-    git(pipeline, "commit", "-q", "-m", "CI-size copy")
-    pipeline.first_repro = dvc(pipeline, "repro", check=False)
-    if pipeline.first_repro.returncode == 0:  # commit the results, as a user would: the experiments' baseline
+    identity = (("config", "user.name", env["GIT_AUTHOR_NAME"]), ("config", "user.email", env["GIT_AUTHOR_EMAIL"]))
+    for args in (("init", "-q"), *identity, ("add", "-A"), ("commit", "-q", "-m", "CI-size copy")):
+        run(repo, env, "git", *args)
+    run(root, env, "git", "clone", "-q", str(repo), str(clone))
+    dvc_repro = (sys.executable, "-m", "dvc", "repro")
+    first = Background(repo, env, *dvc_repro, log=root / "first_repro.log")
+    # a fresh clone has no outputs and no cache; --no-run-cache says so, in case DVC ever shares one
+    cold = Background(clone, env, *dvc_repro, "--no-run-cache", log=root / "cold_repro.log")
+    return Started(repo, env, first, cold)
+
+
+@pytest.fixture(scope="module")
+def pipeline(e2e_pipeline_started, tmp_path_factory) -> Pipeline:
+    """The committed CI-size repo once its first `dvc repro` has ended (its result is in first_repro), the results
+    committed as a user would: the experiments' baseline."""
+    started = e2e_pipeline_started or start_pipeline(tmp_path_factory.mktemp("pipeline"))
+    if isinstance(started, BaseException):  # raised as the session started: fail (or skip) these tests with it
+        raise started
+    pipeline = Pipeline(started.repo, started.env, first_repro=started.first.result(), cold=started.cold)
+    if pipeline.first_repro.returncode == 0:
         git(pipeline, "add", "-A")
         git(pipeline, "commit", "-q", "-m", "dvc repro")
     return pipeline
@@ -237,6 +278,22 @@ def test_first_repro_writes_metrics_and_outputs(pipeline: Pipeline):
         assert {"loss.tsv", "learning_rate.tsv"} <= {p.name for p in (folder / "plots/metrics").iterdir()}, live
 
 
+def test_a_cold_run_in_a_teammates_fresh_clone_is_byte_identical(reproduced: Pipeline):
+    """A fresh clone of the same commit (no outputs, no cache) ran `dvc repro --no-run-cache` beside the first repro:
+    every stage ran and wrote the same bytes (dvc.lock, the metrics, every cached output), so with the first run's
+    commit checked out over its work tree, git sees no change."""
+    cold = reproduced.cold.result()
+    assert cold.returncode == 0, describe(cold)
+    assert running_stages(cold) == set(STAGES), describe(cold)
+    clone = Pipeline(reproduced.cold.cwd, reproduced.env, first_repro=None)
+    mine, theirs = tracked_and_output_files(reproduced.repo), tracked_and_output_files(clone.repo)
+    assert sorted(mine) == sorted(theirs)
+    assert [name for name in mine if mine[name] != theirs[name]] == []
+    git(clone, "fetch", "-q", str(reproduced.repo), "HEAD")
+    git(clone, "reset", "-q", "FETCH_HEAD")  # the index and HEAD move to the first run's commit; files stay
+    assert git(clone, "status", "--porcelain").stdout == ""
+
+
 LABEL_STAGES = {f"label@{t}" for t in TEACHERS}
 
 
@@ -332,27 +389,35 @@ def cached_files(repo: Path) -> dict[str, str]:
     }
 
 
-def test_push_then_pull_restores_every_file(reproduced: Pipeline, tmp_path):
+@pytest.fixture(scope="module")
+def remote(pipeline: Pipeline, tmp_path_factory) -> Path:
+    """A local DVC remote, committed as the default, holding the first run as its author pushes it (`mmkd push`:
+    DVC's push with the run cache, plus the metric files it leaves out). The round trip and the teammate share it."""
+    if pipeline.first_repro.returncode != 0:
+        pytest.skip("the first `dvc repro` failed: see test_first_repro_writes_metrics_and_outputs")
+    path = tmp_path_factory.mktemp("remote")
+    dvc(pipeline, "remote", "add", "-d", "local", str(path))
+    git(pipeline, "commit", "-q", "-am", "a remote")
+    run(pipeline.repo, pipeline.env, sys.executable, "-m", "mmkd.cli", "push")
+    return path
+
+
+def test_push_then_pull_restores_every_file(reproduced: Pipeline, remote: Path):
     repo = reproduced.repo
-    dvc(reproduced, "remote", "add", "-d", "local", str(tmp_path / "remote"))
-    try:
-        dvc(reproduced, "push")
-        before = cached_files(repo)
-        assert any(name.startswith("models/stage2/") for name in before), sorted(before)
-        assert {f"models/demo/{m}/model.safetensors" for m in (*TEACHERS, "student_base")} <= set(before)
-        models = ("demo", "stage1", "stage2", "baselines/random_budget", "baselines/gold_only")  # demo: teachers, base
-        expected = {*CACHED_OUTS, *(f"data/answers/{t}" for t in TEACHERS), *(f"models/{m}" for m in models)}
-        assert {str(out.relative_to(repo)) for out in cached_outputs(repo)} == expected
-        for path in [repo / ".dvc/cache", *cached_outputs(repo)]:
-            shutil.rmtree(path)
-        assert cached_files(repo) == {}
-        dvc(reproduced, "pull")
-        after = cached_files(repo)
-        assert sorted(after) == sorted(before)
-        assert [name for name in before if after[name] != before[name]] == []
-        assert changed_stages(reproduced) == {}
-    finally:
-        git(reproduced, "checkout", "--", ".dvc/config")
+    before = cached_files(repo)
+    assert any(name.startswith("models/stage2/") for name in before), sorted(before)
+    assert {f"models/demo/{m}/model.safetensors" for m in (*TEACHERS, "student_base")} <= set(before)
+    models = ("demo", "stage1", "stage2", "baselines/random_budget", "baselines/gold_only")  # demo: teachers, base
+    expected = {*CACHED_OUTS, *(f"data/answers/{t}" for t in TEACHERS), *(f"models/{m}" for m in models)}
+    assert {str(out.relative_to(repo)) for out in cached_outputs(repo)} == expected
+    for path in [repo / ".dvc/cache", *cached_outputs(repo)]:
+        shutil.rmtree(path)
+    assert cached_files(repo) == {}
+    dvc(reproduced, "pull")
+    after = cached_files(repo)
+    assert sorted(after) == sorted(before)
+    assert [name for name in before if after[name] != before[name]] == []
+    assert changed_stages(reproduced) == {}
 
 
 TRAINING_STAGES = {"bootstrap@demo", "stage1", "stage2", "baseline@random_budget", "supervised@gold_only"}
@@ -366,39 +431,23 @@ def tracked_and_output_files(repo: Path) -> dict[str, bytes]:
     return files
 
 
-def test_a_teammate_gets_the_pushed_run_without_training_and_a_cold_rerun_is_byte_identical(
-    reproduced: Pipeline, tmp_path
-):
-    """The one who ran pushes (`mmkd push`: DVC's push with the run cache, plus the metric files it leaves out); a
-    teammate's fresh clone with no outputs gets them from the run cache (`dvc repro --pull`) without training. Then a
-    cold re-run there (`--force`, no run cache) writes the same bytes, and git stays clean."""
+def test_a_teammate_gets_the_pushed_run_without_training(reproduced: Pipeline, remote: Path, tmp_path):
+    """A teammate's fresh clone with no outputs gets the pushed run from the run cache (`dvc repro --pull`) without
+    training: the same bytes, and git stays clean. (A teammate's cold run is the byte-identity test above.)"""
     repo = reproduced.repo
-    dvc(reproduced, "remote", "add", "-d", "local", str(tmp_path / "remote"))
-    try:
-        git(reproduced, "commit", "-q", "-am", "a remote")
-        run(repo, reproduced.env, sys.executable, "-m", "mmkd.cli", "push")
-        clone = tmp_path / "teammate"
-        run(tmp_path, reproduced.env, "git", "clone", "-q", str(repo), str(clone))
-        teammate = Pipeline(clone, reproduced.env, first_repro=None)
-        assert not (clone / "models/stage2").exists() and not (clone / ".dvc/cache").exists()
+    clone = tmp_path / "teammate"
+    run(tmp_path, reproduced.env, "git", "clone", "-q", str(repo), str(clone))
+    teammate = Pipeline(clone, reproduced.env, first_repro=None)
+    assert not (clone / "models/stage2").exists() and not (clone / ".dvc/cache").exists()
 
-        restored = dvc(teammate, "repro", "--pull")
-        ran = running_stages(restored)
-        # labelling always runs and is never restored from the run cache (its state is outside DVC): the local
-        # demo teachers label again, give the same answers, and every stage after them comes from the run cache
-        assert not ran & TRAINING_STAGES, describe(restored)
-        assert ran <= {f"label@{t}" for t in TEACHERS}, describe(restored)
-        assert tracked_and_output_files(clone) == tracked_and_output_files(repo)
-        assert git(teammate, "status", "--porcelain").stdout == ""
-
-        cold = dvc(teammate, "repro", "--force", "--no-run-cache")
-        assert running_stages(cold) == set(STAGES), describe(cold)
-        mine, theirs = tracked_and_output_files(repo), tracked_and_output_files(clone)
-        assert sorted(mine) == sorted(theirs)
-        assert [name for name in mine if mine[name] != theirs[name]] == []
-        assert git(teammate, "status", "--porcelain").stdout == ""
-    finally:
-        git(reproduced, "reset", "-q", "--hard", "HEAD~1")
+    restored = dvc(teammate, "repro", "--pull")
+    ran = running_stages(restored)
+    # labelling always runs and is never restored from the run cache (its state is outside DVC): the local
+    # demo teachers label again, give the same answers, and every stage after them comes from the run cache
+    assert not ran & TRAINING_STAGES, describe(restored)
+    assert ran <= {f"label@{t}" for t in TEACHERS}, describe(restored)
+    assert tracked_and_output_files(clone) == tracked_and_output_files(repo)
+    assert git(teammate, "status", "--porcelain").stdout == ""
 
 
 def shown_experiments(pipeline: Pipeline) -> dict[str, dict]:
@@ -412,14 +461,18 @@ def shown_experiments(pipeline: Pipeline) -> dict[str, dict]:
     return found
 
 
-def test_exp_run_with_a_param_override(reproduced: Pipeline):
-    dvc(reproduced, "exp", "run", "-n", "dpo-beta-0.2", "-S", "stage2.dpo.beta=0.2")
+def test_exp_run_with_a_param_override_reruns_only_the_stage_that_reads_it(reproduced: Pipeline):
+    """`dvc exp run -S` composes from the copy's conf/ (so at CI size) with the override on top; only `evaluate`
+    reads evaluate.zero_shot, so only it runs, besides labelling (which runs on every repro)."""
+    ci_size = compose([f"{group}={option}" for group, option in CI_DEFAULTS.items()], ROOT / "conf")["data"]
+    result = dvc(reproduced, "exp", "run", "-n", "no-zero-shot", "-S", "evaluate.zero_shot=false")
+    assert running_stages(result) == LABEL_STAGES | {"evaluate"}, describe(result)
     experiments = shown_experiments(reproduced)
-    assert "dpo-beta-0.2" in experiments, sorted(experiments)
-    params = experiments["dpo-beta-0.2"]
-    assert params["stage2"]["dpo"]["beta"] == 0.2
-    ci_world = yaml.safe_load((reproduced.repo / "conf/data/demo_ci.yaml").read_text())["world"]
-    assert params["data"]["world"] == ci_world
+    assert "no-zero-shot" in experiments, sorted(experiments)
+    params = experiments["no-zero-shot"]
+    assert params["evaluate"]["zero_shot"] is False
+    assert params["data"] == ci_size
+    assert "zero_shot" not in read_json(reproduced.repo / "metrics/evaluate.json")
 
 
 def test_exp_run_with_one_teacher(reproduced: Pipeline):
@@ -444,7 +497,7 @@ def test_exp_run_with_one_teacher(reproduced: Pipeline):
 def test_summarize_and_label_curve_read_the_real_experiments(reproduced: Pipeline):
     """`mmkd summarize` and `mmkd label-curve` on what `dvc exp show --json` really returns for the runs above."""
     cli = (sys.executable, "-m", "mmkd.cli")
-    table = run(reproduced.repo, reproduced.env, *cli, "summarize", "dpo-beta-0.2", "qwen-only").stdout
+    table = run(reproduced.repo, reproduced.env, *cli, "summarize", "no-zero-shot", "qwen-only").stdout
     assert "| stage2 |" in table and "| baselines/random_budget |" in table and " | 2 |" in table, table
     curve = run(reproduced.repo, reproduced.env, *cli, "label-curve", "--svg", "curve.svg", "--csv", "curve.csv")
     assert json.loads(curve.stdout)["points"] >= 1, curve.stdout

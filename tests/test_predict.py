@@ -4,6 +4,7 @@ and a user's mistake (missing image, no caption) ends with a message instead of 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 
@@ -34,8 +35,9 @@ def test_single_item_prints_one_json_line(adapter, items, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 1, lines
     answer = json.loads(lines[0])
-    assert {"label", "score", "rationale"} <= set(answer)
+    assert {"label", "score", "raw_score", "rationale"} <= set(answer)
     assert answer["score"] is None or 0.0 <= answer["score"] <= 1.0
+    assert answer["score"] == answer["raw_score"]  # this adapter recorded no calibration
     # A random student rarely follows the answer format; then the raw text is shown and nothing is guessed.
     if answer["label"] is None:
         assert answer["status"] == "unparsed" and "raw_text" in answer
@@ -54,7 +56,7 @@ def test_items_file_gives_one_answer_per_item(adapter, items, world_dir, tmp_pat
     assert main(["predict", "--items", str(items_file), "--out", str(out), "--adapter", adapter]) == 0
 
     answers = pl.read_parquet(out)
-    assert answers.schema == pl.Schema(ANSWER_SCHEMA)
+    assert answers.schema == pl.Schema(ANSWER_SCHEMA | {"raw_score": pl.Float64()})
     assert answers["id"].to_list() == items["id"].to_list()
     assert set(answers["status"]) <= {"ok", "unparsed"}  # every image was found through its relative path
     assert answers["source"].to_list() == ["student"] * len(items)
@@ -141,3 +143,52 @@ def test_the_threshold_is_the_flag_else_the_adapters_val_threshold(adapter, item
     assert json.loads(capsys.readouterr().out)["threshold"] == 0.2
     with pytest.raises(SystemExit, match="--threshold 1.5"):
         main([*args, "--adapter", adapter, "--threshold", "1.5"])
+
+
+# A recorded Platt fit (mmkd.evaluation.calibration): calibrated = sigmoid(0.5 * logit(raw) - 1). The val threshold
+# 0.7 on the raw score is sigmoid(0.5 * 0.847298 - 1) = sigmoid(-0.576351) = 0.359777 on the calibrated scale.
+FIT = {"method": "platt", "a": 0.5, "b": -1.0}
+
+
+def platt(raw: float) -> float:
+    return 1 / (1 + math.exp(-(0.5 * math.log(raw / (1 - raw)) - 1.0)))
+
+
+def test_predict_reports_the_calibrated_score_and_keeps_the_raw_one(adapter, items, tmp_path, capsys):
+    from mmkd.evaluation.thresholds import record_threshold
+
+    calibrated = tmp_path / "adapter"
+    shutil.copytree(adapter, calibrated)
+    record_threshold(calibrated, {"value": 0.7, "rule": "max_accuracy", "score_calibration": FIT})
+    items_file = tmp_path / "items.parquet"
+    items.write_parquet(items_file)
+    runs = {}
+    for name, flag in (("calibrated", []), ("raw", ["--raw-score"])):
+        out = tmp_path / f"{name}.parquet"
+        assert (
+            main(["predict", "--items", str(items_file), "--out", str(out), "--adapter", str(calibrated), *flag]) == 0
+        )
+        runs[name] = (pl.read_parquet(out), json.loads(capsys.readouterr().out))
+    (answers, summary), (raw, raw_summary) = runs["calibrated"], runs["raw"]
+    assert summary["score"] == "calibrated" and summary["threshold"] == pytest.approx(platt(0.7))
+    assert raw_summary["score"] == "raw" and raw_summary["threshold"] == 0.7
+    assert answers["raw_score"].to_list() == raw["score"].to_list() == raw["raw_score"].to_list()
+    for score, raw_score in zip(answers["score"], answers["raw_score"], strict=True):
+        assert score == (None if raw_score is None else pytest.approx(platt(raw_score)))
+    assert answers["label"].to_list() == raw["label"].to_list()  # the mapped threshold flags the same items
+
+
+def test_predict_items_calibrates_a_model_that_answers_in_format(answering_models, items):
+    """The score of every parsed answer is calibrated, the raw one kept, and the labels at a raw threshold and at
+    its calibrated image agree."""
+    from mmkd.deploy.predict import load_predictor, predict_items
+    from mmkd.evaluation.calibration import calibrated_threshold
+
+    predictor = load_predictor(adapter=None, base=str(answering_models(ARCH)), batch_size=4)
+    raw = predict_items(predictor, items, "v1", threshold=0.5)
+    answers = predict_items(predictor, items, "v1", threshold=calibrated_threshold(0.5, FIT), calibration=FIT)
+    scored = answers.filter(pl.col("raw_score").is_not_null())
+    assert len(scored) > 0, "the answering model should write parsable answers"
+    assert scored["score"].to_list() == pytest.approx([platt(r) for r in scored["raw_score"]])
+    assert answers["raw_score"].to_list() == raw["score"].to_list()
+    assert answers["label"].to_list() == raw["label"].to_list()

@@ -1,11 +1,14 @@
 """The detector's score (``mmkd.scoring.label_score``) on tiny models built from config, against the model's own
 logits at the label position computed by hand."""
 
+import math
+
 import pytest
 import torch
 from PIL import Image
 
 from mmkd.demo.tiny import ARCHITECTURES
+from mmkd.label_slot import ENDS_AT_SLOT, LABEL_FIELD, falsified_probability
 from mmkd.modeling import generate, load_model, user_turn
 from mmkd.scoring import generated_score, label_score
 
@@ -88,3 +91,24 @@ def test_a_label_first_answer_is_scored_when_the_template_ends_in_a_space(tiny_m
     score = label_score(model, processor, PROMPT, IMAGE, answer)
     assert score is not None and 0.0 <= score <= 1.0
     assert score == pytest.approx(by_hand(model, processor, answer, "Label:"), abs=1e-5)
+
+
+def test_two_label_renormalisation_by_hand():
+    """``falsified_probability``: the two labels' share, from log-probabilities or logits alike (a common offset
+    cancels); a label absent from a server's top logprobs has probability 0; neither label gives no score."""
+    assert falsified_probability({"falsified": math.log(0.3), "pristine": math.log(0.1)}) == pytest.approx(0.75)
+    assert falsified_probability({"falsified": 7.0 + math.log(3.0), "pristine": 7.0}) == pytest.approx(0.75)
+    assert falsified_probability({"falsified": -1.0, "pristine": -1.0}) == 0.5
+    assert falsified_probability({"falsified": -2.0}) == 1.0
+    assert falsified_probability({"pristine": -2.0, "falsified": -math.inf}) == 0.0
+    assert falsified_probability({}) is None
+    assert falsified_probability({"falsified": 0.0, "pristine": 1e6}) == pytest.approx(0.0)  # no overflow
+    assert falsified_probability({"falsified": 1e6, "pristine": 0.0}) == 1.0
+
+
+def test_the_slot_pattern_ends_at_the_value_of_the_first_label_field():
+    """The free-text slot: after ``Label:`` and any white space, case-insensitive, only as a whole word."""
+    assert ENDS_AT_SLOT.search("Check: x. Label:") and ENDS_AT_SLOT.search("label :  ")
+    assert not ENDS_AT_SLOT.search("Label: f") and not ENDS_AT_SLOT.search("Mislabel:")
+    found = LABEL_FIELD.search("Rationale: r. LABEL:\tfalsified")
+    assert found and found.group(1) == "\t"

@@ -8,7 +8,9 @@ from test_conflict import _answers, _gold
 
 from mmkd.evaluation.metrics import compare, score
 from mmkd.evaluation.significance import mcnemar_exact, paired_bootstrap, wilson_interval
-from mmkd.selection.conflicts import Selection, conflict_split, majority_vote, sample_order
+from mmkd.selection.baselines import gold_sft_rows
+from mmkd.selection.conflicts import Selection, conflict_split, sample_order
+from mmkd.selection.majority import majority_vote
 
 # Three teachers on six items. 1: all agree; 2: 2-1; 3: 1-1 and one unparsed (a tie); 4: 2 agree, one unparsed;
 # 5: every teacher skipped it (unusable); 6: one label, two failures.
@@ -150,8 +152,6 @@ def test_compare_pairs_two_systems_on_the_same_items():
 
 
 def test_gold_only_targets_keep_agreeing_answers_and_a_bare_label_where_no_teacher_was_right(answers, tmp_path):
-    from mmkd.selection.conflicts import gold_sft_rows
-
     selected, sft, _, _ = conflict_split(answers, _gold(tmp_path, GOLD), selection=Selection("all"))
     rows = gold_sft_rows(selected, sft)
     got = sorted(zip(rows["id"], rows["source"], rows["completion"], strict=True))

@@ -1,7 +1,8 @@
 """The ``mmkd`` command line: ``predict`` (one item or a file of items), ``export`` (one standalone model directory),
 ``vllm-ready`` (a model directory in the layout vLLM loads),
-``compose`` (conf/ -> params.yaml),
-``report`` (an offline HTML report of a run), ``summarize`` (mean ± sd over experiments, e.g. seeds) and
+``compose`` (conf/ -> params.yaml), ``push`` / ``apply`` (share runs and experiments through a DVC remote),
+``report`` (an offline HTML report of a run), ``reproduce`` (does a run reproduce the committed one),
+``annotate`` (people label the conflicts), ``summarize`` (mean ± sd over experiments, e.g. seeds) and
 ``label-curve`` (the label-efficiency plot from a sweep of experiments)."""
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ import yaml
 def _predict(args: argparse.Namespace) -> int:
     from mmkd.deploy.predict import (
         load_predictor,
-        operating_threshold,
         predict_items,
         read_item_file,
+        reported_threshold,
+        score_calibration,
         trained_prompt_version,
     )
     from mmkd.items import BadItem, check_caption
@@ -29,8 +31,9 @@ def _predict(args: argparse.Namespace) -> int:
     single = args.image is not None or args.caption is not None
     if single == (args.items is not None):
         raise SystemExit("mmkd predict: give either --image and --caption, or --items FILE --out FILE")
+    calibration = None if args.raw_score else score_calibration(args.adapter)
     try:
-        threshold = operating_threshold(args.adapter, args.threshold)
+        threshold = reported_threshold(args.adapter, args.threshold, calibration)
     except ValueError as exc:
         raise SystemExit(f"mmkd predict: {exc}") from None
     predictor = load_predictor(adapter=args.adapter, base=args.base, batch_size=args.batch_size, dtype=args.dtype)
@@ -44,24 +47,30 @@ def _predict(args: argparse.Namespace) -> int:
         except BadItem as exc:
             raise SystemExit(f"mmkd predict: {exc}") from None
         items = items_frame([{"id": "cli", "image_path": str(Path(args.image).resolve()), "caption": args.caption}])
-        row = predict_items(predictor, items, args.prompt_version, threshold).row(0, named=True)
+        row = predict_items(predictor, items, args.prompt_version, threshold, calibration).row(0, named=True)
         if row["status"] == "skipped":
             raise SystemExit(f"mmkd predict: {row['error']}")
-        out = {"label": row["label"], "score": row["score"], "rationale": row["rationale"]}
+        out = {
+            "label": row["label"],
+            "score": row["score"],
+            "raw_score": row["raw_score"],
+            "rationale": row["rationale"],
+        }
         if row["status"] != "ok":
             out |= {"status": row["status"], "raw_text": row["raw_text"]}
         print(json.dumps(out))
         return 0
     if args.out is None:
         raise SystemExit("mmkd predict: --items needs --out (a .parquet or .jsonl file)")
-    answers = predict_items(predictor, read_item_file(args.items), args.prompt_version, threshold)
+    answers = predict_items(predictor, read_item_file(args.items), args.prompt_version, threshold, calibration)
     out = Path(args.out)
     if out.suffix == ".jsonl":
         answers.write_ndjson(out)
     else:
         answers.write_parquet(out)
     counts = dict(answers["status"].value_counts().iter_rows())
-    print(json.dumps({"out": str(out), "n": len(answers), "status": counts, "threshold": threshold}))
+    scale = {"score": "calibrated" if calibration else "raw"}
+    print(json.dumps({"out": str(out), "n": len(answers), "status": counts, "threshold": threshold} | scale))
     return 0
 
 
@@ -143,13 +152,29 @@ def _plots_offline(args: argparse.Namespace) -> int:
 
 
 def _push(args: argparse.Namespace) -> int:
-    from mmkd.deploy.sharing import push_runs
+    from mmkd.deploy.sharing import SharingError, push_runs
 
-    counts = push_runs(args.repo, remote=args.remote, jobs=args.jobs)
+    try:
+        counts = push_runs(args.repo, remote=args.remote, jobs=args.jobs)
+    except SharingError as exc:
+        raise SystemExit(f"mmkd push: {exc}") from None
     print(
-        f"pushed {counts['files']} files and {counts['entries']} run-cache entries "
-        f"(+{counts['entry_objects']} files they list that `dvc push --run-cache` leaves out)"
+        f"pushed {counts['files']} files, then {counts['entry_objects']} files that run-cache entries list "
+        f"(`dvc push --run-cache` leaves them out), then {counts['new_entries']} new run-cache entries "
+        f"({counts['entries']} in all)"
     )
+    return 0
+
+
+def _apply(args: argparse.Namespace) -> int:
+    from mmkd.deploy.sharing import SharingError, apply_experiment
+
+    try:
+        done = apply_experiment(args.experiment, args.repo, remote=args.remote, jobs=args.jobs)
+    except SharingError as exc:
+        raise SystemExit(f"mmkd apply: {exc}") from None
+    restored = f"; pulled {len(done['restored'])} missing outputs: {', '.join(done['restored'])}"
+    print(f"applied {args.experiment} ({done['fetched']} files fetched first{restored if done['restored'] else ''})")
     return 0
 
 
@@ -164,6 +189,17 @@ def _runs(args: argparse.Namespace):
     if not runs:
         raise SystemExit("mmkd: no experiment with metrics/evaluate.json; run some (README: Seeds and sweeps)")
     return runs
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from mmkd.evaluation.reproduce import check
+
+    try:
+        text, reproduces = check(args.repo, args.exp, args.rev)
+    except (FileNotFoundError, KeyError) as exc:
+        raise SystemExit(f"mmkd reproduce: {exc}") from None
+    sys.stdout.write(text)
+    return 0 if reproduces else 1
 
 
 def _summarize(args: argparse.Namespace) -> int:
@@ -195,11 +231,38 @@ def _experiment_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _annotate(args: argparse.Namespace) -> int:
+    from mmkd.annotation.commands import export_command, import_command
+
+    return export_command(args) if args.verb == "export" else import_command(args)
+
+
+def _annotate_parser(sub) -> None:
+    """``mmkd annotate export|import`` (mmkd.annotation.commands)."""
+    queue = "annotation/queue"  # mmkd.paths.ANNOTATION_QUEUE, spelled here so that the parser imports nothing
+    p = sub.add_parser("annotate", help="people label what the teachers disagree on: export a queue, import labels")
+    verbs = p.add_subparsers(dest="verb", required=True)
+    e = verbs.add_parser("export", help="write the items that need a person (Label Studio tasks, JSONL, CSV)")
+    e.add_argument("--out", default=queue, help="folder to write (default: %(default)s)")
+    e.add_argument("--budget", type=int, help="at most this many items (default: annotation.budget)")
+    show = e.add_mutually_exclusive_group()
+    show.add_argument("--show-teachers", dest="show_teachers", action="store_true", default=None)
+    show.add_argument("--hide-teachers", dest="show_teachers", action="store_false")
+    e.add_argument("--params", default="params.yaml")
+    i = verbs.add_parser("import", help="append checked labels (Label Studio JSON export, or .jsonl/.csv rows)")
+    i.add_argument("file", type=Path)
+    i.add_argument("--annotator", help="who labelled, for .jsonl/.csv rows without an annotator column")
+    i.add_argument("--queue", default=queue, help="the export to check against (default: %(default)s)")
+    i.add_argument("--params", default="params.yaml")
+    p.set_defaults(func=_annotate)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(prog="mmkd", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
+    _annotate_parser(sub)
     p = sub.add_parser("predict", help="label one image+caption, or a .parquet/.jsonl file of items")
     p.add_argument("--image", help="image file")
     p.add_argument("--caption", help="the caption to check against the image")
@@ -218,6 +281,11 @@ def main(argv: list[str] | None = None) -> int:
         "--threshold",
         type=float,
         help="label falsified when score >= this (default: the val threshold recorded in the adapter, else 0.5)",
+    )
+    p.add_argument(
+        "--raw-score",
+        action="store_true",
+        help="report the raw P(falsified) as score (default: calibrated on val where the adapter recorded a fit)",
     )
     p.set_defaults(func=_predict)
 
@@ -267,12 +335,29 @@ def main(argv: list[str] | None = None) -> int:
     o.set_defaults(func=_plots_offline)
 
     u = sub.add_parser(
-        "push", help="`dvc push --run-cache`, plus the metric files its run-cache entries need (mmkd.deploy.sharing)"
+        "push", help="`dvc push`, the files run-cache entries list, then the entries (mmkd.deploy.sharing)"
     )
     u.add_argument("-r", "--remote", help="DVC remote name (default: the default remote)")
     u.add_argument("-j", "--jobs", type=int, help="parallel transfers")
     u.add_argument("--repo", default=".", help="root of the DVC repository (default: .)")
     u.set_defaults(func=_push)
+
+    a = sub.add_parser(
+        "apply", help="`dvc exp apply` of a (teammate's) experiment, its outputs fetched first (mmkd.deploy.sharing)"
+    )
+    a.add_argument("experiment", help="experiment name or revision, e.g. one `dvc exp push origin NAME` sent here")
+    a.add_argument("-r", "--remote", help="DVC remote name (default: the default remote)")
+    a.add_argument("-j", "--jobs", type=int, help="parallel transfers")
+    a.add_argument("--repo", default=".", help="root of the DVC repository (default: .)")
+    a.set_defaults(func=_apply)
+
+    d = sub.add_parser(
+        "reproduce", help="compare this run's outputs and metrics (or an experiment's) with the committed ones"
+    )
+    d.add_argument("--exp", help="an experiment's name (dvc exp show) instead of the workspace")
+    d.add_argument("--rev", default="HEAD", help="the committed run to compare with (default: HEAD)")
+    d.add_argument("--repo", default=".", help="root of the DVC repository (default: .)")
+    d.set_defaults(func=_reproduce)
 
     m = sub.add_parser("summarize", help="mean ± sd of each system's test accuracy over experiments (e.g. seeds)")
     _experiment_args(m)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 
 VERBOSE_ENV = "MMKD_VERBOSE"
@@ -16,6 +17,18 @@ VERBOSE_ENV = "MMKD_VERBOSE"
 # Libraries whose deprecation notices are about their own internals (or TRL's use of transformers), not anything
 # mmkd's user could change; they repeat once per process, and bootstrap starts several.
 QUIET_MODULES = r"(transformers|trl|peft|datasets|accelerate|torch|dvclive|huggingface_hub)(\.|$)"
+
+
+class UserError(Exception):
+    """An error its message lets the user fix (a bad table, a missing label): a stage prints the message and exits
+    non-zero, without a traceback (``setup_logging`` installs that)."""
+
+
+def _brief_user_errors(kind, value, traceback) -> None:
+    if isinstance(value, UserError) and not verbose():
+        print(f"{os.path.basename(sys.argv[0])}: {value}", file=sys.stderr)
+        return  # the interpreter then exits with status 1
+    sys.__excepthook__(kind, value, traceback)
 
 
 def verbose() -> bool:
@@ -26,6 +39,7 @@ def verbose() -> bool:
 def setup_logging() -> None:
     """INFO-level logging with timestamps, once per process; unless verbose, quiet library warnings and logs."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    sys.excepthook = _brief_user_errors  # a UserError reaching the top is a message, not a traceback
     if verbose():
         return
     for category in (FutureWarning, DeprecationWarning, UserWarning):

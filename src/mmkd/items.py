@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import warnings
 from collections.abc import Iterator
@@ -75,33 +76,57 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-# The most pixels ``load_image`` decodes (about 1.2 GB as RGB). Items from ``prepare`` passed its own, configured
-# ``max_image_pixels`` (40 M by default), so Pillow's global bomb limit (89 M warns, 179 M refuses) must not refuse
-# them again with its own number; but ``mmkd predict`` and hand-made item files take any file, so a header that
-# claims more than this is refused before a byte of it is decoded.
+# The most pixels an item image may have: ``load_image`` refuses a larger header before decoding a byte of it, and
+# ``prepare`` refuses a ``max_image_pixels`` above it (``mmkd.data.records.PrepareSettings``), so every image that
+# prepare keeps loads in labelling and training; one limit, in one place. About 1.2 GB as RGB. Pillow's global bomb
+# limit (89 M warns, 179 M refuses) is lifted while decoding, so it never refuses an image with its own number.
 LOAD_MAX_PIXELS = 400_000_000
+
+
+def shown_path(path: str | Path) -> str:
+    """A path as messages and reports show it: relative to the working directory (the repository root, where every
+    stage runs) when it lies below it, so the same data in two clones gives the same bytes; else as given."""
+    path = Path(path)
+    try:
+        return Path(os.path.abspath(path)).relative_to(os.getcwd()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def error_text(exc: BaseException) -> str:
+    """Why a file could not be read, without the machine's paths: an OSError's own text names the file (its real,
+    absolute path) and Pillow's "cannot identify" names the open file object, so those give what they mean instead;
+    the caller names the file itself, as configured or by ``shown_path``."""
+    if isinstance(exc, UnidentifiedImageError):
+        return "cannot identify image file: not an image, or a format Pillow cannot read"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc)
 
 
 def load_image(item_id: str, path: str | Path) -> Image.Image:
     """Open an item's image as RGB (``to_rgb``), or raise ``BadItem`` naming the item, the file and what to do.
 
-    The size in the header is checked against ``LOAD_MAX_PIXELS`` before decoding, in place of Pillow's limit."""
-    path = Path(path)
+    The size in the header is checked against ``LOAD_MAX_PIXELS`` before decoding, in place of Pillow's limit. The
+    message names the file by ``shown_path``: it lands in the answer tables labelling writes."""
+    path, shown = Path(path), shown_path(path)
     if not path.is_file():
-        raise BadItem(f"item {item_id!r}: image file {path} does not exist; fix image_path or remove the item")
+        raise BadItem(f"item {item_id!r}: image file {shown} does not exist; fix image_path or remove the item")
     try:
         with pillow_pixel_limit_lifted(), Image.open(path) as img:
             width, height = img.size
             if width * height > LOAD_MAX_PIXELS:
                 raise BadItem(
-                    f"item {item_id!r}: image file {path} is {width}x{height} pixels, more than the "
+                    f"item {item_id!r}: image file {shown} is {width}x{height} pixels, more than the "
                     f"{LOAD_MAX_PIXELS} an item image may have (mmkd.items.LOAD_MAX_PIXELS); shrink it"
                 )
             img.load()
             return to_rgb(img)
+    except BadItem:
+        raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise BadItem(
-            f"item {item_id!r}: image file {path} is not a readable image ({exc}); replace the file"
+            f"item {item_id!r}: image file {shown} is not a readable image ({error_text(exc)}); replace the file"
         ) from exc
 
 

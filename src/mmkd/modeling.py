@@ -143,16 +143,27 @@ def adapter_info(adapter_dir: str | Path) -> dict:
     return json.loads(info_path.read_text())
 
 
-def adapter_chain(adapter_dir: str | Path) -> tuple[str, list[str]]:
-    """The base model and the adapters to apply in order (oldest first) for ``adapter_dir``."""
+def adapter_chain(adapter_dir: str | Path) -> tuple[str | None, list[str]]:
+    """The base model the chain records (None if none) and the adapters to apply in order (oldest first) for
+    ``adapter_dir``. A link that is missing or not an mmkd adapter is a ``FileNotFoundError``, a chain that loops a
+    ``ValueError``; both name the link and the adapter that names it."""
     chain: list[str] = []
     current: str | None = str(adapter_dir)
     base = None
     while current:
+        child = f" (the parent named in {Path(chain[0]) / ADAPTER_INFO})" if chain else ""
+        if not Path(current).is_dir():
+            raise FileNotFoundError(f"adapter directory {current}{child} does not exist")
+        if not (Path(current) / ADAPTER_INFO).is_file():
+            raise FileNotFoundError(
+                f"{current}{child} is not an mmkd adapter (no {ADAPTER_INFO}); pass a stage1/stage2 output"
+            )
+        if current in chain:
+            raise ValueError(f"{current}/{ADAPTER_INFO}: the adapter chain loops back to {current}")
         info = adapter_info(current)
         chain.insert(0, current)
-        base = info["base"]
-        current = info["parent"]
+        base = info.get("base")
+        current = info.get("parent")
     return base, chain
 
 

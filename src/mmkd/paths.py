@@ -26,6 +26,9 @@ ROC = METRICS / "roc"  # evaluate: the ROC curve of each scored system, named as
 RELIABILITY = METRICS / "reliability"  # evaluate: the reliability diagram of each scored system, likewise
 DVCLIVE = Path("dvclive")  # training logs: bootstrap/<group>/<model>, stage1, stage2/{sft,dpo}, baselines/<name>
 RUN_LOGS = Path("logs")  # per-run accounting that differs between runs (git-ignored, not a DVC output)
+# People's labels, an input of the DAG (in git): labels/<split>.jsonl; queue/ is `mmkd annotate export`'s output
+ANNOTATION = Path("annotation")
+ANNOTATION_QUEUE = ANNOTATION / "queue"
 
 # The splits every teacher labels: train (the targets), val (the teacher's own threshold) and test (its score)
 LABELLED_SPLITS = ("train", "val", "test")
@@ -116,3 +119,9 @@ def run_log_file(stage: str) -> Path:
 def bootstrap_dirs(group: str) -> tuple[Path, Path]:
     """Where ``bootstrap@<group>`` writes its models and their training logs."""
     return MODELS / group, DVCLIVE / "bootstrap" / group
+
+
+def human_labels_file(split: str) -> Path:
+    """People's judgements on one split's items (mmkd.annotation.labels): split reads train's, the training stages
+    val's, evaluate val's and test's."""
+    return ANNOTATION / "labels" / f"{split}.jsonl"

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import polars as pl
 
+from mmkd.console import UserError
+
 PRISTINE = "pristine"
 FALSIFIED = "falsified"
 LABELS: tuple[str, ...] = (PRISTINE, FALSIFIED)
@@ -27,7 +29,7 @@ ITEM_SCHEMA: dict[str, pl.DataType] = {
 
 GOLD_SCHEMA: dict[str, pl.DataType] = {"id": pl.String(), "gold_label": pl.String()}
 # A dataset's own finer class, where it has one (VERITE: true, miscaptioned, out-of-context): kept by read_gold,
-# so that per-class accuracy can be reported (mmkd.evaluation.class_accuracies)
+# so that per-class accuracy can be reported (mmkd.evaluation.metrics.class_accuracies)
 GOLD_CLASS_SCHEMA: dict[str, pl.DataType] = {**GOLD_SCHEMA, "gold_class": pl.String()}
 
 # Status of one answer. ``ok``: parsed; ``unparsed``: the text did not follow the answer format (kept, never
@@ -55,7 +57,8 @@ ANSWER_SCHEMA: dict[str, pl.DataType] = {
     # backend cannot read it (a server without logprobs).
     "score": pl.Float64(),
 }
-ANSWER_OPTIONAL = ("answer_key", "prompt_tokens", "completion_tokens", "score")  # files written before they existed
+# Null when absent: an answers file from elsewhere (hand-made, another tool) need not know the cache key or the score
+ANSWER_OPTIONAL = ("answer_key", "prompt_tokens", "completion_tokens", "score")
 
 
 # The conflict split (``split`` writes them, ``stage2`` reads them; see mmkd.selection.conflicts).
@@ -78,7 +81,7 @@ PAIR_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
-class SchemaError(ValueError):
+class SchemaError(UserError, ValueError):
     """A table on disk does not have the columns or values a stage needs."""
 
 
@@ -143,16 +146,6 @@ def read_answers(path: str | Path) -> pl.DataFrame:
     """Read and validate a table of answers."""
     path = Path(path)
     return _conform(pl.read_parquet(path), ANSWER_SCHEMA, path, optional=ANSWER_OPTIONAL)
-
-
-def read_conflicts(path: str | Path) -> pl.DataFrame:
-    """Read and validate the conflict set (one row per conflict item, with its gold label)."""
-    path = Path(path)
-    df = _conform(pl.read_parquet(path), CONFLICT_SCHEMA, path)
-    bad = df.filter(~pl.col("gold_label").is_in(LABELS))
-    if len(bad):
-        raise SchemaError(f"{path}: item {bad['id'][0]!r} has gold_label {bad['gold_label'][0]!r}; re-run split")
-    return df
 
 
 def _read_rows(path: str | Path, schema: dict[str, pl.DataType], text_columns: tuple[str, ...]) -> pl.DataFrame:

@@ -483,6 +483,37 @@ def test_the_configured_pixel_limit_decides_not_pillows(raw_data, tmp_path, monk
     assert "train-000009" in items_of(out)
 
 
+def test_one_pixel_limit_what_prepare_keeps_loads_and_a_higher_setting_is_refused(raw_data, tmp_path, monkeypatch):
+    """The loader's limit caps prepare's: an image at the cap is kept and loads as labelling and training load it;
+    a setting above the cap is refused before anything is read, naming both limits."""
+    import mmkd.items
+
+    monkeypatch.setattr(mmkd.items, "LOAD_MAX_PIXELS", 41 * 30)  # the "large" image of train-000009, exactly
+    out = tmp_path / "prepared"
+    run(raw_data.raw, out, max_image_pixels=41 * 30)
+    (path,) = [
+        item["image_path"] for item in read_items(out / "train.parquet").to_dicts() if "0004/8" in item["image_path"]
+    ]
+    assert load_image("train-000009", path).size == (41, 30)
+    with pytest.raises(ValueError, match=r"max_image_pixels 1231 is more than the 1230 pixels .*LOAD_MAX_PIXELS"):
+        settings_for(raw_data.raw, max_image_pixels=41 * 30 + 1)
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match=r"max_image_pixels 2000000000 is more than the 400000000 pixels"):
+        settings_for(raw_data.raw, max_image_pixels=2_000_000_000)
+
+
+def test_load_image_names_a_file_in_the_repository_by_its_relative_path(tmp_path, monkeypatch):
+    """Its messages land in the answer tables labelling writes: no clone's path in them, from the OS or Pillow."""
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images/bad.jpg").write_bytes(b"not an image")
+    monkeypatch.chdir(tmp_path)
+    for name, words in (("bad.jpg", "is not a readable image (cannot identify image file"), ("gone.jpg", "not exist")):
+        with pytest.raises(BadItem) as caught:
+            load_image("x", tmp_path / "images" / name)  # as read_items gives it: absolute
+        assert f"item 'x': image file images/{name} " in str(caught.value) and words in str(caught.value)
+        assert str(tmp_path) not in str(caught.value) and "_io." not in str(caught.value)
+
+
 def test_load_image_refuses_a_header_too_large_to_decode_without_decoding_it(tmp_path, monkeypatch):
     """``mmkd predict`` and hand-made item files take any file: with Pillow's limit lifted, ours stands in."""
     import mmkd.items

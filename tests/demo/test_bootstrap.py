@@ -1,5 +1,7 @@
 """The demo models' bootstrap: blind spots that trust the caption, describe-then-check targets, loadable models."""
 
+from pathlib import Path
+
 import polars as pl
 import pytest
 import torch
@@ -221,17 +223,37 @@ def _group(jobs: int, **extra_models) -> BootstrapGroup:
     return BootstrapGroup(models=models, jobs=jobs, threads=1, cpu_speedups={"logprob_head": "full"})
 
 
-def test_a_group_trained_side_by_side_gives_the_models_trained_one_after_the_other(world, tmp_path):
+# The init_from test's models: a child of the teacher with a negligible step, and the same model without init_from.
+CHILD = {"arch": "qwen2_vl", "seed": 5, "init_from": "teacher", "train": TINY_TRAIN | {"learning_rate": 1e-12}}
+FRESH = {k: v for k, v in CHILD.items() if k != "init_from"}
+
+
+@pytest.fixture(scope="module")
+def side_by_side(world, tmp_path_factory) -> tuple[Path, dict[str, Path]]:
+    """One group trained two jobs at a time (fresh processes are most of a tiny group's time, so two tests share it):
+    ``_group``'s teacher and base, then CHILD and FRESH listed before them, since the order of the config must not
+    matter. Returns the root (models in models/, logs in live/) and bootstrap_group's result."""
+    root = tmp_path_factory.mktemp("side_by_side")
+    pair = _group(jobs=2)  # the settings the one-job-at-a-time run gets, cpu_speedups included
+    group = BootstrapGroup(
+        models={"child": CHILD, "fresh": FRESH, **pair.models}, jobs=2, threads=1, cpu_speedups=pair.cpu_speedups
+    )
+    assert group.order().index("teacher") < group.order().index("child")
+    return root, bootstrap_group(group, world, root / "models", root / "live")
+
+
+def test_a_group_trained_side_by_side_gives_the_models_trained_one_after_the_other(world, side_by_side, tmp_path):
     """Two jobs at once (each in its own process, one thread) write the same weights as one job at a time: what runs
     beside a model does not change it, so the side-by-side speed-up costs no reproducibility."""
     apart = bootstrap_group(_group(jobs=1), world, tmp_path / "apart", tmp_path / "live_apart")
-    together = bootstrap_group(_group(jobs=2), world, tmp_path / "together", tmp_path / "live_together")
-    assert set(together) == {"teacher", "base"}
+    root, together = side_by_side
+    assert set(together) == {"teacher", "base", "child", "fresh"}
     for name, out in together.items():
-        assert out == tmp_path / "together" / name
+        assert out == root / "models" / name
         assert {p.name for p in out.iterdir()} == DEMO_MODEL_FILES, name
-        assert (tmp_path / "live_together" / name / "metrics.json").is_file()
-        a, b = load_file(apart[name] / "model.safetensors"), load_file(out / "model.safetensors")
+        assert (root / "live" / name / "metrics.json").is_file()
+    for name in apart:
+        a, b = load_file(apart[name] / "model.safetensors"), load_file(together[name] / "model.safetensors")
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
 
 
@@ -258,15 +280,10 @@ def _weights(path):
     return load_file(path / "model.safetensors")
 
 
-def test_init_from_starts_from_the_named_models_trained_weights(world, tmp_path):
+def test_init_from_starts_from_the_named_models_trained_weights(side_by_side):
     """A model with init_from is trained after its parent, from the parent's trained weights and tokenizer: with a
     negligible step it ends where the parent ended, not where a fresh model of its seed starts."""
-    child = {"arch": "qwen2_vl", "seed": 5, "init_from": "teacher", "train": TINY_TRAIN | {"learning_rate": 1e-12}}
-    fresh = {k: v for k, v in child.items() if k != "init_from"}
-    # listed before its parent: the order of the config must not matter
-    group = BootstrapGroup(models={"child": child, "fresh": fresh, **_group(jobs=2).models}, jobs=2, threads=1)
-    assert group.order().index("teacher") < group.order().index("child")
-    out = bootstrap_group(group, world, tmp_path / "models", tmp_path / "live")
+    out = side_by_side[1]
     parent, started, scratch = _weights(out["teacher"]), _weights(out["child"]), _weights(out["fresh"])
     assert parent.keys() == started.keys()
     assert all(torch.allclose(parent[k], started[k], atol=1e-9) for k in parent)

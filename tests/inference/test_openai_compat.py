@@ -3,7 +3,8 @@
 Retry-After / malformed JSON / a hang past the timeout, per-item errors when retries run out, several servers,
 structured output and the API key taken from the environment variable that the config names. The score read from
 logprobs: the label slot and the renormalisation on hand-made payloads, then end to end against servers that
-return logprobs, ignore the request for them or refuse it."""
+return logprobs, ignore the request for them or refuse it. Servers that fail, go down or never listen:
+``test_server_failover.py``."""
 
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ import pytest
 from fault_server import LOGPROBS_REFUSAL, UNPARSED_ANSWER, FaultInjectingChatServer
 from PIL import Image
 
-from mmkd.inference.base import BackendStopped, InferenceRequest
+from mmkd.inference.base import InferenceRequest
 from mmkd.labelling.backends import make_backend
-from mmkd.labelling.openai_compat import ANSWER_JSON_SCHEMA, ConfigError, label_slot, label_slot_score
+from mmkd.labelling.server.config import ANSWER_JSON_SCHEMA
+from mmkd.labelling.server.faults import ConfigError
+from mmkd.labelling.server.logprobs import label_slot, label_slot_score
 from mmkd.parsing import parse_answer
 
 IMAGE = Image.new("RGB", (28, 28), (200, 30, 30))
@@ -188,13 +191,6 @@ def test_a_refused_key_stops_the_run_with_a_message():
             teacher(server.base_url, max_concurrency=1).answer(requests(3))
 
 
-def test_a_server_that_is_down_gives_errors_not_a_crash():
-    with FaultInjectingChatServer() as server:
-        url = server.base_url  # then closed: nothing listens on that port any more
-    replies = teacher(url, max_retries=0, timeout=1).answer(requests(3))
-    assert all(r.text is None and "connection failed" in r.error for r in replies)
-
-
 @pytest.mark.parametrize(
     "settings, message",
     [
@@ -205,63 +201,15 @@ def test_a_server_that_is_down_gives_errors_not_a_crash():
         ({"top_logprobs": -1}, "top_logprobs must be null or an integer from 0 to 20"),
         ({"top_logprobs": True}, "top_logprobs must be null or an integer from 0 to 20"),
         ({"max_errors": -1}, "max_errors must be >= 0"),
+        ({"pause_server_after": 0}, "pause_server_after must be >= 1"),
+        ({"pause_s": 10, "max_pause_s": 5}, "need 0 < pause_s <= max_pause_s"),
+        ({"timeout": 60, "give_up_after_s": 30}, r"give_up_after_s \(30\) must be at least timeout \(60\)"),
         ({"temprature": 0.5}, "bad settings for backend 'openai'.*temprature"),
     ],
 )
 def test_bad_settings_name_the_teacher(settings, message):
     with pytest.raises(ValueError, match=f"teacher 'srv': .*{message}"):
         teacher(**({"base_url": "http://127.0.0.1:9/v1"} | settings))
-
-
-def test_items_on_a_dead_or_failing_server_are_answered_by_the_healthy_ones(caplog):
-    """Three servers: one with nothing listening, one answering 503 to everything, one healthy. Every item is
-    answered, within max_retries + 1 attempts, and both bad servers are taken out of rotation with a warning."""
-    with FaultInjectingChatServer() as gone:
-        dead_url = gone.base_url  # closed: connections are refused
-    with (
-        FaultInjectingChatServer(default_fault="503") as failing,
-        FaultInjectingChatServer(latency=0.02) as healthy,
-    ):
-        t = teacher([dead_url, failing.base_url, healthy.base_url], max_concurrency=4, max_retries=2)
-        replies = t.answer(requests(60))
-        assert all(r.error is None and parse_answer(r.text).status == "ok" for r in replies), replies
-        assert len(healthy.requests) == 60  # every item was answered there in the end
-        assert len(failing.requests) <= t.config.drop_server_after + 4  # then it got no more (4 in flight)
-        # each item: at most max_retries + 1 attempts over the three servers (the dead one saw nothing: refused)
-        per_item = {}
-        for seen in failing.requests + healthy.requests:
-            per_item[seen.prompt] = per_item.get(seen.prompt, 0) + 1
-        assert max(per_item.values()) <= 3
-    assert t.usage.requests <= 60 + len(failing.requests) + 2 + 4  # + the refused attempts on the dead server
-    out = [r.getMessage() for r in caplog.records if "taken out of rotation" in r.getMessage()]
-    assert len(out) == 2 and any(dead_url in m for m in out) and any("HTTP 503" in m for m in out), out
-    assert t.health[dead_url].out and t.health[failing.base_url].out and not t.health[healthy.base_url].out
-
-
-def test_an_all_failing_server_stops_the_run_after_a_bounded_number_of_requests_across_calls():
-    """Against a server that answers 500 to everything, the run stops after about drop_server_after requests
-    (plus those in flight), not one retry budget per item, and later calls (the next chunk, split) send none."""
-    with FaultInjectingChatServer(default_fault="500") as server:
-        t = teacher(server.base_url, max_concurrency=4, max_retries=3)
-        got = []
-        with pytest.raises(BackendStopped, match=r"every server was taken out of rotation .*HTTP 500"):
-            t.answer(requests(300), got.append)
-        sent_first = len(server.requests)
-        with pytest.raises(BackendStopped):
-            t.answer(requests(300))
-        assert len(server.requests) == sent_first <= t.config.drop_server_after + 4
-    assert got and all(r.error and "injected internal error" in r.error for r in got)
-
-
-def test_a_refused_connection_stops_the_run_at_once_with_a_clear_message():
-    with FaultInjectingChatServer() as gone:
-        url = gone.base_url
-    t = teacher(url, max_concurrency=8, max_retries=5)
-    start = time.monotonic()
-    with pytest.raises(BackendStopped, match=r"no server responded .*connection failed.*Is the server running"):
-        t.answer(requests(500))
-    assert time.monotonic() - start < 5
-    assert t.usage.requests <= 2 + 8
 
 
 def test_a_server_that_trickles_its_reply_is_cut_off_at_timeout():
@@ -303,29 +251,6 @@ def test_requests_are_pulled_from_a_stream_as_workers_free_up():
     assert [r.item_id for r in replies] == [f"id{i}" for i in range(12)]
     assert order[-1][0] == "id0"  # the slow one came last; the other worker answered all the rest meanwhile
     assert all(taken_then <= int(item_id[2:]) + 2 for item_id, taken_then in order[:-1])
-
-
-def test_a_server_that_refuses_the_key_is_taken_out_and_the_others_answer(caplog):
-    with (
-        FaultInjectingChatServer(default_fault="401") as refusing,
-        FaultInjectingChatServer(latency=0.01) as healthy,
-    ):
-        t = teacher([refusing.base_url, healthy.base_url], max_concurrency=2, max_retries=1)
-        replies = t.answer(requests(10))
-    assert all(r.error is None for r in replies)
-    assert 1 <= len(refusing.requests) <= 2 and len(healthy.requests) == 10
-    assert any("refused the request (HTTP 401" in r.getMessage() for r in caplog.records)
-
-
-def test_a_server_that_only_times_out_is_not_taken_for_an_absent_one():
-    """Timeouts before any reply (a busy server, a model still warming up) get the full drop_server_after count,
-    not the fast drop of a server that refuses connections."""
-    with FaultInjectingChatServer(default_fault="hang", hang_s=5) as server:
-        t = teacher(server.base_url, max_concurrency=2, timeout=0.3, max_retries=1, drop_server_after=8)
-        replies = t.answer(requests(3))
-        assert len(server.requests) == 6  # every item got both its attempts
-    assert all("timed out" in r.error and "after 2 attempt(s)" in r.error for r in replies)
-    assert not t.health[server.base_url].out
 
 
 # --- the score from logprobs -------------------------------------------------------------------------------------
@@ -491,9 +416,9 @@ def test_a_server_that_ignores_logprobs_answers_without_scores(caplog):
 def test_a_server_that_refuses_logprobs_is_asked_again_without_them_and_stays_in_rotation(caplog):
     """As ``transformers serve`` before 5.x: 422 for a request with logprobs. Each refused request is sent again at
     once without them, no later request asks for them (in this call or the next), the refusals are no failed
-    attempts (the server stays in rotation even with drop_server_after=1), and one warning keeps the reason."""
+    attempts (the server stays in rotation even with pause_server_after=1), and one warning keeps the reason."""
     with FaultInjectingChatServer(logprobs="refuse", latency=0.05) as server:
-        t = teacher(server.base_url, max_concurrency=3, max_retries=0, drop_server_after=1)
+        t = teacher(server.base_url, max_concurrency=3, max_retries=0, pause_server_after=1)
         replies = t.answer(requests(9))
         replies += t.answer(requests(3))
         asked = [bool(r.body.get("logprobs")) for r in server.requests]

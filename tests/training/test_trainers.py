@@ -400,12 +400,12 @@ def test_training_logs_in_a_git_repo_without_a_commit(tmp_path, monkeypatch):
 
     from dvc.repo import Repo
 
-    from mmkd.training.trainers import _live
+    from mmkd.training.callbacks import open_live
 
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
     Repo.init(str(tmp_path)).close()
     monkeypatch.chdir(tmp_path)
-    live = _live(tmp_path / "live")
+    live = open_live(tmp_path / "live")
     live.log_metric("loss", 1.5)
     live.next_step()
     live.end()

@@ -49,6 +49,7 @@ from mmkd.data.json_stream import stream_entries, top_level_type
 from mmkd.data.raw_paths import PATH_OUTSIDE_ROOT, Root, open_regular
 from mmkd.data.text import clean_text as clean_unicode
 from mmkd.data.text import cut
+from mmkd.items import error_text
 
 EVIDENCE_UNREADABLE = "evidence_unreadable"
 EVIDENCE_PATH_OUTSIDE_ROOT = "evidence_path_outside_root"
@@ -170,7 +171,7 @@ class EvidenceReader:
             if isinstance(exc, PrepareInputError):
                 raise
             raise PrepareInputError(
-                f"{index_file} is not a CCN dataset_items file ({exc}); expected {expected}"
+                f"{index_file} is not a CCN dataset_items file ({error_text(exc)}); expected {expected}"
             ) from exc
 
     def check_indices(self, annotations: int, annotation_file: Path, subset: str) -> None:
@@ -221,7 +222,7 @@ class EvidenceReader:
                 raise ValueError(f"expected a JSON object, got {type(annotation).__name__}")
             evidence = evidence_from_annotation(annotation, self.limits)
         except (ValueError, TypeError, AttributeError, RecursionError, OSError) as exc:
-            what = "it nests too deeply" if isinstance(exc, RecursionError) else exc
+            what = "it nests too deeply" if isinstance(exc, RecursionError) else error_text(exc)
             return None, Problem(
                 EVIDENCE_UNREADABLE,
                 f"{shown} is not a readable inverse_annotation.json ({what})",

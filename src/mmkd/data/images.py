@@ -15,7 +15,7 @@ from PIL import Image, UnidentifiedImageError
 
 from mmkd.data import Problem
 from mmkd.data.raw_paths import UNREADABLE_IMAGE, Resolved, open_regular
-from mmkd.items import pillow_pixel_limit_lifted, to_rgb
+from mmkd.items import error_text, pillow_pixel_limit_lifted, to_rgb
 
 OVERSIZED_IMAGE = "oversized_image"
 BAD_IMAGE_SHAPE = "bad_image_shape"
@@ -40,7 +40,7 @@ def check_image(file: Resolved, limits: ImageLimits) -> Problem | None:
     one that decides (and is quoted). Then the image is decoded in full (JPEGs at reduced scale, which still reads
     every byte) and converted as ``mmkd.items.load_image`` will, so truncated files are caught here rather than
     when a teacher first opens them."""
-    path = file.real
+    path = file.shown  # never file.real: the detail is written to the report, which must not hold the clone's path
     if file.stat.st_size > limits.max_bytes:
         return Problem(
             OVERSIZED_IMAGE,
@@ -70,7 +70,8 @@ def check_image(file: Resolved, limits: ImageLimits) -> Problem | None:
             img.load()
             to_rgb(img)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        return Problem(UNREADABLE_IMAGE, f"{path} is not a readable image ({exc})", "re-download or replace the file")
+        detail = f"{path} is not a readable image ({error_text(exc)})"
+        return Problem(UNREADABLE_IMAGE, detail, "re-download or replace the file")
     return None
 
 

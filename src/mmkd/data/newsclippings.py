@@ -1,6 +1,7 @@
 """Prepare NewsCLIPpings (Luo et al., EMNLP 2021) as mmkd items: one item per annotation, images from VisualNews.
 
-Inputs, all under one raw-data folder (the ``prepare`` stage's dependency):
+Inputs, all under one raw-data folder (the ``prepare`` stage's dependency), read by
+``mmkd.data.newsclippings_inputs``; this module makes the items of them:
 
 - NewsCLIPpings annotations ``<annotations>/<subset>/<split>.json``: ``{"annotations": [{"id", "image_id",
   "similarity_score", "falsified", "source_dataset"}, ...]}``, for any subset in ``SUBSETS``. The caption is that
@@ -38,43 +39,32 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
 
-import ijson
 from tqdm.auto import tqdm
 
 from mmkd.data import PrepareInputError, Problem
-from mmkd.data.evidence import EvidenceLimits, EvidenceReader
-from mmkd.data.json_stream import stream_items
-from mmkd.data.raw_paths import Resolved, Root, open_regular
-from mmkd.data.records import (
-    IMAGES_DIR,
-    REPORT_FILE,
-    Caption,
-    ImageLinker,
-    LinkedImage,
-    PrepareSettings,
-    Report,
-    SplitWriter,
-    check_caption,
-    check_split_name,
-    short_repr,
+from mmkd.data.evidence import EvidenceReader
+from mmkd.data.newsclippings_inputs import (
+    SUBSETS,
+    Inputs,
+    NewsClippingsSettings,
+    SplitScan,
+    VisualNewsRecord,
+    annotation_ids,
+    check_inputs,
+    read_annotations,
+    scan_split,
+    visualnews_records,
 )
+from mmkd.data.records import IMAGES_DIR, REPORT_FILE, ImageLinker, LinkedImage, Report, SplitWriter, short_repr
 from mmkd.data.staging import check_apart, staged_folder
 from mmkd.schema import FALSIFIED, PRISTINE
 
+__all__ = ["REPORT_FILE", "SUBSETS", "NewsClippingsSettings", "prepare_newsclippings"]  # what callers import here
+
 log = logging.getLogger(__name__)
 
-SUBSETS: tuple[str, ...] = (
-    "merged_balanced",
-    "person_sbert_text_text",
-    "scene_resnet_place",
-    "semantics_clip_text_image",
-    "semantics_clip_text_text",
-)
 # Reasons of this module (those of captions, images and paths are in mmkd.data.records, mmkd.data.images and
 # mmkd.data.raw_paths).
 BAD_ANNOTATION = "bad_annotation"
@@ -86,212 +76,12 @@ BAD_VISUALNEWS_RECORD = "bad_visualnews_record"
 DUPLICATE_VISUALNEWS_ID = "duplicate_visualnews_id"
 
 
-@dataclass(frozen=True)
-class NewsClippingsSettings(PrepareSettings):
-    """Where the raw NewsCLIPpings files are (``data.prepare.<name>`` in params.yaml) and how strict to be.
-
-    Every path except ``raw`` and ``link_roots`` is relative to ``raw``, the folder the ``prepare`` stage depends on
-    (so a change to any raw input re-runs it): annotations, VisualNews and evidence live below it. The defaults are
-    the layout of the NewsCLIPpings and CCN instructions; ``raw``, the limits and ``link_images`` are those of
-    ``PrepareSettings``."""
-
-    get_data: ClassVar[str] = "README: Running on NewsCLIPpings"
-
-    annotations: str = "news_clippings/data"  # holds <subset>/<split>.json
-    subset: str = "merged_balanced"  # one of SUBSETS
-    visualnews: str = "visual_news/origin/data.json"
-    image_root: str = "visual_news/origin"  # VisualNews image_path values are relative to this folder
-    evidence: str | None = None  # CCN queries_dataset/<subset> folder, of the same subset; null: no evidence
-    splits: tuple[str, ...] = ("train", "val", "test")
-    limit: int | None = None  # keep only the first `limit` annotations of each split (smoke runs); null: all
-    allow_split_overlap: bool = False  # the same (caption id, image id) in two splits is an error unless true
-    evidence_limits: EvidenceLimits = field(default_factory=EvidenceLimits)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "splits", tuple(self.splits))
-        if isinstance(self.evidence_limits, dict):
-            object.__setattr__(self, "evidence_limits", EvidenceLimits(**self.evidence_limits))
-        if self.subset not in SUBSETS:
-            raise ValueError(f"subset {self.subset!r} is not a NewsCLIPpings subset; use one of {SUBSETS}")
-        if not self.splits or len(set(self.splits)) != len(self.splits):
-            raise ValueError(f"splits {self.splits} must be distinct and non-empty (e.g. [train, val, test])")
-        for split in self.splits:
-            check_split_name(split)
-        if self.limit is not None and self.limit < 1:
-            raise ValueError(f"limit must be a positive number of annotations or null, got {self.limit}")
-        super().__post_init__()
-
-    def annotation_file(self, split: str) -> Path:
-        """The NewsCLIPpings annotation file of one split."""
-        return self.path(self.annotations) / self.subset / f"{split}.json"
-
-
-@dataclass(frozen=True)
-class _Inputs:
-    """The raw inputs, each checked and resolved inside ``raw`` (see ``_check_inputs``)."""
-
-    annotation_files: dict[str, Resolved]
-    visualnews: Resolved
-    image_root: Root
-    evidence: Root | None
-    link_roots: tuple[Path, ...]
-
-
-def _check_evidence_subset(settings: NewsClippingsSettings) -> None:
-    """Refuse evidence whose folder names another subset: evidence is matched by position, so it would be wrong."""
-    if settings.evidence is None:
-        return
-    named = [part for part in Path(settings.evidence).parts if part in SUBSETS]
-    if named and settings.subset not in named:
-        raise PrepareInputError(
-            f"data.prepare.<name>.evidence is {settings.evidence!r}, the evidence of subset {named[-1]!r}, but "
-            f"data.prepare.<name>.subset is {settings.subset!r}; evidence is matched by position, so items would get "
-            f"another subset's evidence: set evidence to queries_dataset/{settings.subset} (the default follows "
-            "the subset) or null"
-        )
-
-
-def _check_inputs(settings: NewsClippingsSettings) -> _Inputs:
-    """Fail before any work when a whole input is missing, is not a regular file (or folder), or leaves ``raw``."""
-    _check_evidence_subset(settings)
-    raw = settings.raw_root()
-
-    def need(relative: str, key: str, folder: bool) -> Resolved:
-        return settings.require(raw, relative, key, folder)
-
-    annotations = {
-        split: need(f"{settings.annotations}/{settings.subset}/{split}.json", "annotations", False)
-        for split in settings.splits
-    }
-    visualnews = need(settings.visualnews, "visualnews", False)
-    image_root = need(settings.image_root, "image_root", True)
-    evidence = None
-    if settings.evidence is not None:
-        found = need(settings.evidence, "evidence", True)
-        evidence = Root("evidence folder", settings.path(settings.evidence), found.real, raw.link_roots)
-    return _Inputs(
-        annotations,
-        visualnews,
-        Root("image root", settings.path(settings.image_root), image_root.real, raw.link_roots),
-        evidence,
-        raw.link_roots,
-    )
-
-
-def _stream(file: Resolved, prefix: str) -> Iterator[object]:
-    """The values at ``prefix`` of a JSON file, one at a time; a malformed file is a PrepareInputError."""
-    try:
-        with open_regular(file) as f:
-            yield from stream_items(f, prefix)
-    except ijson.JSONError as exc:
-        raise PrepareInputError(f"{file.real} is not valid JSON ({exc}); re-download it") from exc
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _annotation_ids(annotation: object) -> tuple[int, int, bool] | str:
-    """``(caption id, image id, falsified)``, or what is wrong with the annotation.
-
-    The rule: ``id`` and ``image_id`` must be JSON integers and ``falsified`` JSON ``true``/``false``, as in the
-    NewsCLIPpings release; nothing is converted (a string id or a 0/1 label is a bad annotation), because a file
-    that spells them otherwise was exported by some other tool and may mean something else."""
-    if not isinstance(annotation, dict):
-        return f"it is a {type(annotation).__name__}, not an object"
-    for key, ok, want in (("id", _is_int, "an integer"), ("image_id", _is_int, "an integer")) + (
-        ("falsified", lambda v: isinstance(v, bool), "true or false"),
-    ):
-        value = annotation.get(key)
-        if not ok(value):
-            found = "missing" if key not in annotation else f"a {type(value).__name__} ({short_repr.repr(value)})"
-            return f"{key} is {found}, not {want}"
-    return annotation["id"], annotation["image_id"], annotation["falsified"]
-
-
-@dataclass
-class _SplitScan:
-    """Pass 1 over one split's annotation file: counts, the pairs used and the duplicates."""
-
-    total: int = 0  # annotations in the file (all of them, for the evidence index check)
-    read: int = 0  # annotations within `limit`
-    bad: int = 0
-    first_bad: str | None = None
-    pairs: dict[tuple[int, int], tuple[int, bool]] = field(default_factory=dict)  # (id, image_id) -> first's
-    # (index, falsified)
-    duplicates: dict[int, tuple[int, bool]] = field(default_factory=dict)  # index -> (the first's index, same label)
-
-
-def _scan_split(settings: NewsClippingsSettings, split: str, file: Resolved, wanted: set[int]) -> _SplitScan:
-    scan = _SplitScan()
-    for index, annotation in enumerate(_stream(file, "annotations.item")):
-        scan.total += 1
-        if settings.limit is not None and index >= settings.limit:
-            continue
-        scan.read += 1
-        ids = _annotation_ids(annotation)
-        if isinstance(ids, str):
-            scan.bad += 1
-            scan.first_bad = scan.first_bad or f"annotation {index}: {ids}"
-            continue
-        wanted.update(ids[:2])
-        if ids[:2] in scan.pairs:
-            first, label = scan.pairs[ids[:2]]
-            scan.duplicates[index] = (first, label == ids[2])
-        else:
-            scan.pairs[ids[:2]] = (index, ids[2])
-    if scan.total == 0:
-        raise PrepareInputError(
-            f'{file.real} has no annotations; expected {{"annotations": [...]}} as in the NewsCLIPpings release'
-        )
-    if scan.bad == scan.read:
-        raise PrepareInputError(
-            f"all {scan.read} annotations read from {settings.annotation_file(split)} are malformed (e.g. "
-            f"{scan.first_bad}); expected {{id: int, image_id: int, falsified: true/false, ...}} as in the "
-            "NewsCLIPpings release: re-download the file, or fix its export"
-        )
-    return scan
-
-
-@dataclass(frozen=True)
-class _Record:
-    """What an item needs of one VisualNews record: the checked caption and the image path."""
-
-    caption: Caption
-    image_path: object
-
-
-def _record(record_id: int, record: dict, max_chars: int) -> _Record:
-    caption = check_caption(record.get("caption"), f"VisualNews record {record_id}", "data.json", max_chars)
-    return _Record(caption, record.get("image_path"))
-
-
-def _visualnews_records(
-    file: Resolved, wanted: set[int], max_chars: int
-) -> tuple[dict[int, _Record], dict[int, tuple[int, bool]]]:
-    """VisualNews id -> record for the wanted ids only, streaming data.json once; and id -> (number of records,
-    whether they differ) for wanted ids that data.json holds more than once (the first record is used)."""
-    records: dict[int, _Record] = {}
-    duplicates: dict[int, tuple[int, bool]] = {}
-    for record in tqdm(_stream(file, "item"), desc="VisualNews data.json", unit=" records", mininterval=5):
-        record_id = record.get("id") if isinstance(record, dict) else None
-        if not _is_int(record_id) or record_id not in wanted:
-            continue
-        found = _record(record_id, record, max_chars)
-        if record_id in records:
-            count, differ = duplicates.get(record_id, (1, False))
-            duplicates[record_id] = (count + 1, differ or found != records[record_id])
-        else:
-            records[record_id] = found
-    return records, duplicates
-
-
 class _Preparer:
     """One run: the VisualNews records in use, the images checked so far, the report file and the counts."""
 
-    def __init__(self, settings: NewsClippingsSettings, inputs: _Inputs, out_dir: Path, records, duplicates, report):
+    def __init__(self, settings: NewsClippingsSettings, inputs: Inputs, out_dir: Path, records, duplicates, report):
         self.settings, self.out_dir, self.report = settings, out_dir, report
-        self.records: dict[int, _Record] = records
+        self.records: dict[int, VisualNewsRecord] = records
         self.duplicates: dict[int, tuple[int, bool]] = duplicates
         self.linker = ImageLinker(inputs.image_root, settings.image_limits(), out_dir, settings.link_images)
         self.images: dict[int, LinkedImage] = {}  # by VisualNews image id
@@ -316,11 +106,11 @@ class _Preparer:
         return self.linker.link(image_path)
 
     def item(
-        self, split: str, index: int, annotation: object, scan: _SplitScan, evidence: EvidenceReader | None
+        self, split: str, index: int, annotation: object, scan: SplitScan, evidence: EvidenceReader | None
     ) -> tuple[dict | None, Problem | None, list[Problem]]:
         """``(row, None, notes)`` for a kept item (notes: what was changed or is worth knowing), or ``(None, the
         problem that leaves it out, [])``."""
-        ids = _annotation_ids(annotation)
+        ids = annotation_ids(annotation)
         if isinstance(ids, str):
             detail = f"annotation {index}: {ids}: {short_repr.repr(annotation)}"
             return None, Problem(BAD_ANNOTATION, detail, "fix or remove the annotation"), []
@@ -376,14 +166,6 @@ class _Preparer:
         return row, None, notes
 
 
-def _annotations(file: Resolved, limit: int | None) -> Iterator[tuple[int, object]]:
-    """``(index, annotation)`` for the split's annotations, in file order, up to ``limit``."""
-    for index, annotation in enumerate(_stream(file, "annotations.item")):
-        if limit is not None and index >= limit:
-            return
-        yield index, annotation
-
-
 def prepare_newsclippings(settings: NewsClippingsSettings, out_dir: str | Path) -> dict:
     """Write the items, gold labels, images and report of every split to ``out_dir``; return the counts.
 
@@ -393,7 +175,7 @@ def prepare_newsclippings(settings: NewsClippingsSettings, out_dir: str | Path) 
     evidence), ``evidence_problems`` by reason, and ``kept_with_warnings`` by reason (items kept with another
     reported change or warning: a cut caption, a duplicate VisualNews id, ...; present only when there are any)."""
     out_dir = Path(out_dir)
-    inputs = _check_inputs(settings)
+    inputs = check_inputs(settings)
     apart = settings.apart(inputs.link_roots)
     apart |= {f"annotations ({split})": f.real for split, f in inputs.annotation_files.items()}
     apart |= {"visualnews": inputs.visualnews.real, "image_root": inputs.image_root.real}
@@ -408,12 +190,12 @@ def prepare_newsclippings(settings: NewsClippingsSettings, out_dir: str | Path) 
         }
 
     wanted: set[int] = set()
-    scans = {split: _scan_split(settings, split, inputs.annotation_files[split], wanted) for split in settings.splits}
+    scans = {split: scan_split(settings, split, inputs.annotation_files[split], wanted) for split in settings.splits}
     for split, reader in evidence.items():
         if reader is not None:
             reader.check_indices(scans[split].total, settings.annotation_file(split), settings.subset)
     log.info("the annotations use %d distinct VisualNews ids; reading their records", len(wanted))
-    records, duplicates = _visualnews_records(inputs.visualnews, wanted, settings.max_caption_chars)
+    records, duplicates = visualnews_records(inputs.visualnews, wanted, settings.max_caption_chars)
     if wanted and not records:
         raise PrepareInputError(
             f"{settings.path(settings.visualnews)} has none of the {len(wanted)} ids the annotations use; expected "
@@ -456,13 +238,15 @@ def _check_overlap(settings: NewsClippingsSettings, overlaps: list[tuple[str, st
 
 
 def _prepare_split(
-    preparer: _Preparer, split: str, scan: _SplitScan, evidence: EvidenceReader | None, inputs: _Inputs
+    preparer: _Preparer, split: str, scan: SplitScan, evidence: EvidenceReader | None, inputs: Inputs
 ) -> dict:
     """Pass 3 over one split: write its items and gold labels, report its problems; return its counts."""
     writer = SplitWriter(preparer.out_dir, split)
     annotations, with_evidence, labels = 0, 0, Counter()
     file = inputs.annotation_files[split]
-    for index, annotation in tqdm(_annotations(file, preparer.settings.limit), desc=f"prepare {split}", unit=" items"):
+    for index, annotation in tqdm(
+        read_annotations(file, preparer.settings.limit), desc=f"prepare {split}", unit=" items"
+    ):
         annotations += 1
         row, problem, notes = preparer.item(split, index, annotation, scan, evidence)
         if row is None:

@@ -6,6 +6,11 @@ whose files a raw folder tracked with ``cache.type: symlink`` links to); a link 
 it is refused like ``../../etc/passwd``. Only regular files (and, where a folder is asked for, folders) pass: a
 FIFO, a device or a folder where a file should be is reported as what it is, and is never opened (opening a FIFO
 would block forever). Each way a path can be wrong has its own reason, so the report says what to fix.
+
+Messages name paths as configured (the root as set in params, joined with the path inside it), never by their real
+path: the report is a stage output, and the same raw folder in two clones must give the same bytes. A link's target
+is named relative to the repository when it lies inside it (``mmkd.items.shown_path``), else as the link spells it
+(``_target``).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from mmkd.data import Problem
+from mmkd.items import shown_path
 
 PATH_OUTSIDE_ROOT = "path_outside_root"
 EMPTY_IMAGE_PATH = "empty_image_path"
@@ -45,15 +51,25 @@ def kind_of(mode: int) -> str:
 
 @dataclass(frozen=True)
 class Resolved:
-    """A raw path that passed every check: its normalised text, its real path and what ``stat`` found there."""
+    """A raw path that passed every check: its normalised text, its real path, what ``stat`` found there, and how
+    messages name it."""
 
     relative: str  # normalised, "/"-separated, relative to the root (``./bbc//1.jpg`` -> ``bbc/1.jpg``)
-    real: Path
+    real: Path  # for opening only: never written into an output (it holds where the clone is)
     stat: os.stat_result
+    shown: str  # the configured root joined with ``relative``: what messages and reports name
 
 
 def _real(path: str | Path) -> Path:
     return Path(os.path.realpath(path))
+
+
+def _target(link: Path) -> str:
+    """Where a symbolic link points, for messages: relative to the repository when it lies inside it (the link may
+    spell the clone's absolute path), else as the link spells it."""
+    text = os.readlink(link)
+    target = shown_path(os.path.normpath(os.path.join(os.path.dirname(link), text)))
+    return text if os.path.isabs(target) else target
 
 
 @dataclass(frozen=True)
@@ -108,7 +124,7 @@ class Root:
         if not self.contains(real):
             return Problem(
                 PATH_OUTSIDE_ROOT,
-                f"{shown} is a symbolic link (or lies below one) to {real}, outside the {self.name} {self.real}",
+                f"{shown} {self._link_out(normalised)}, outside the {self.name} {self.path}",
                 f"keep the data inside the {self.name}: replace the link by the file, or add its target folder to "
                 "data.prepare.<name>.link_roots if it is a DVC cache",
                 shown,
@@ -122,7 +138,19 @@ class Root:
                 f"put {want} at that path, or fix the record",
                 shown,
             )
-        return Resolved(normalised, real, found)
+        return Resolved(normalised, real, found, shown)
+
+    def _link_out(self, normalised: str) -> str:
+        """``is a symbolic link to X`` or ``lies below L, a symbolic link to X``: the first link on the path that
+        leads out of the root; X relative to the repository when it lies inside it, else as the link spells it."""
+        parts = normalised.split("/")
+        for i in range(len(parts)):
+            link = self.real.joinpath(*parts[: i + 1])
+            if link.is_symlink() and not self.contains(_real(link)):
+                if i == len(parts) - 1:
+                    return f"is a symbolic link to {_target(link)}"
+                return f"lies below {self.path.joinpath(*parts[: i + 1])}, a symbolic link to {_target(link)}"
+        return "leads out through symbolic links"
 
     def _unresolvable(self, candidate: Path, normalised: str, shown: str, exc: OSError) -> Problem:
         if exc.errno == errno.ELOOP:
@@ -135,14 +163,16 @@ class Root:
         if exc.errno in (errno.ENOENT, errno.ENOTDIR):
             detail = f"{shown} does not exist"
             parts = normalised.split("/")
-            for link in (self.real.joinpath(*parts[: i + 1]) for i in range(len(parts))):
+            for i in range(len(parts)):
+                link = self.real.joinpath(*parts[: i + 1])
                 if link.is_symlink() and not link.exists():
-                    detail += f": {link} is a symbolic link to {os.readlink(link)}, which is missing"
+                    shown_link = self.path.joinpath(*parts[: i + 1])
+                    detail += f": {shown_link} is a symbolic link to {_target(link)}, which is missing"
                     break
             return Problem(MISSING_IMAGE, detail, f"restore the file, or check the {self.name} setting", shown)
         if exc.errno == errno.ENAMETOOLONG:
             return Problem(BAD_PATH, f"{shown}: the path is too long ({exc.strerror})", "fix the path in the record")
-        return Problem(UNREADABLE_IMAGE, f"{shown} cannot be read ({exc})", "check its permissions", shown)
+        return Problem(UNREADABLE_IMAGE, f"{shown} cannot be read ({exc.strerror})", "check its permissions", shown)
 
 
 def open_regular(resolved: Resolved) -> BinaryIO:
@@ -151,11 +181,5 @@ def open_regular(resolved: Resolved) -> BinaryIO:
     found = os.fstat(fd)
     if not stat.S_ISREG(found.st_mode) or (found.st_dev, found.st_ino) != (resolved.stat.st_dev, resolved.stat.st_ino):
         os.close(fd)
-        raise OSError(errno.ESTALE, f"{resolved.real} changed while it was being checked")
+        raise OSError(errno.ESTALE, f"{resolved.shown} changed while it was being checked")
     return os.fdopen(fd, "rb")
-
-
-def real_inside(path: Path, folder: Path) -> bool:
-    """Whether ``path`` is ``folder`` or lies below it, compared as real paths (``path`` need not exist)."""
-    real, root = _real(path), _real(folder)
-    return real == root or real.is_relative_to(root)

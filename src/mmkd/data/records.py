@@ -21,6 +21,7 @@ from typing import ClassVar, TextIO
 import polars as pl
 import pyarrow.parquet as pq
 
+import mmkd.items
 from mmkd.data import PrepareInputError, Problem
 from mmkd.data.images import LINK_MODES, ImageLimits, check_image, link_or_copy
 from mmkd.data.raw_paths import MISSING_IMAGE, Resolved, Root
@@ -57,7 +58,7 @@ class PrepareSettings:
 
     raw: str  # the raw-data folder, the stage's one dependency; every other input path is relative to it
     max_image_bytes: int = 25 * 2**20
-    max_image_pixels: int = 40_000_000  # e.g. 8000 x 5000
+    max_image_pixels: int = 40_000_000  # e.g. 8000 x 5000; at most mmkd.items.LOAD_MAX_PIXELS, what later stages load
     max_aspect_ratio: float = 100.0  # longer / shorter side; Qwen2-VL refuses over 200, and such strips are banners
     min_image_side: int = 16  # pixels of the shorter side; smaller images (icons, tracking pixels) show no scene
     max_caption_chars: int = 2000  # longer captions are cut (and reported): the caption goes into every prompt
@@ -69,6 +70,12 @@ class PrepareSettings:
         if min(self.max_image_bytes, self.max_image_pixels, self.min_image_side, self.max_caption_chars) < 1:
             raise ValueError(
                 "max_image_bytes, max_image_pixels, min_image_side and max_caption_chars must be positive"
+            )
+        if self.max_image_pixels > mmkd.items.LOAD_MAX_PIXELS:  # read at call time: tests lower it
+            raise ValueError(
+                f"max_image_pixels {self.max_image_pixels} is more than the {mmkd.items.LOAD_MAX_PIXELS} pixels that "
+                "labelling and training load (mmkd.items.LOAD_MAX_PIXELS): an image prepare kept would fail there. "
+                f"Set data.prepare.<name>.max_image_pixels to at most {mmkd.items.LOAD_MAX_PIXELS}"
             )
         if self.max_aspect_ratio < 1:
             raise ValueError(
@@ -189,8 +196,8 @@ class ImageLinker:
         out_path = f"{IMAGES_DIR}/{found.relative}"
         try:
             self.links[link_or_copy(found, self.out_dir / out_path, self.mode)] += 1
-        except (FileExistsError, NotADirectoryError) as exc:  # e.g. A/1.jpg and a/1.jpg on a case-blind disk
-            detail = f"{out_path} cannot be written: another image is already there ({exc})"
+        except (FileExistsError, NotADirectoryError):  # e.g. A/1.jpg and a/1.jpg on a case-blind disk
+            detail = f"{out_path} cannot be written: another image (or a folder of images) is already there"
             return LinkedImage(None, Problem(IMAGE_PATH_COLLISION, detail, "rename one of the images", image_path))
         return LinkedImage(out_path, None)
 

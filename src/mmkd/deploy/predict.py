@@ -1,4 +1,8 @@
-"""Score new items with a trained student: one image + caption, or a whole Parquet/JSONL file of items."""
+"""Score new items with a trained student: one image + caption, or a whole Parquet/JSONL file of items.
+
+The score reported is the calibrated one (mmkd.evaluation.calibration: the Platt fit recorded with the adapter's val
+threshold), with the raw P(falsified) in ``raw_score``; an adapter that recorded no fit gives the raw score in both.
+"""
 
 from __future__ import annotations
 
@@ -65,11 +69,36 @@ def operating_threshold(adapter: str | None, override: float | None) -> float | 
     return recorded_threshold(adapter)
 
 
+def score_calibration(adapter: str | None) -> dict | None:
+    """The Platt fit recorded with ``adapter``'s val threshold (mmkd.evaluation.calibration), or None (no adapter,
+    or one calibrated before fits were recorded)."""
+    from mmkd.evaluation.calibration import KEY
+    from mmkd.evaluation.thresholds import recorded_calibration
+
+    return (recorded_calibration(adapter) or {}).get(KEY)
+
+
+def reported_threshold(adapter: str | None, override: float | None, calibration: dict | None) -> float | None:
+    """The threshold on the reported score's scale: ``override`` as given, else the adapter's val threshold (on
+    the raw score) mapped through ``calibration``, which flags the same items."""
+    from mmkd.evaluation.calibration import calibrated_threshold
+
+    raw = operating_threshold(adapter, override)
+    return raw if override is not None else calibrated_threshold(raw, calibration)
+
+
 def predict_items(
-    predictor: LocalBackend, items: pl.DataFrame, prompt_version: str, threshold: float | None = None
+    predictor: LocalBackend,
+    items: pl.DataFrame,
+    prompt_version: str,
+    threshold: float | None = None,
+    calibration: dict | None = None,
 ) -> pl.DataFrame:
-    """Answers (answers schema) of the student to every item, each with its score; with ``threshold``, a scored
-    answer's label is ``falsified`` when its score is at least the threshold."""
+    """Answers (answers schema plus ``raw_score``) of the student to every item: ``score`` calibrated by
+    ``calibration`` (None: raw), the raw P(falsified) in ``raw_score``; with ``threshold`` (on ``score``'s scale),
+    a scored answer's label is ``falsified`` when its score is at least the threshold."""
+    from mmkd.evaluation.calibration import calibrate_answers
     from mmkd.evaluation.thresholds import thresholded
 
-    return thresholded(label_items(predictor, items, source="student", prompt_version=prompt_version), threshold)
+    answers = label_items(predictor, items, source="student", prompt_version=prompt_version)
+    return thresholded(calibrate_answers(answers, calibration), threshold)

@@ -8,9 +8,11 @@ from __future__ import annotations
 from functools import cache
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 
+from mmkd.evaluation.calibration import KEY as CALIBRATION_KEY
+from mmkd.evaluation.calibration import calibrated_metrics
+from mmkd.evaluation.outcomes import accuracy, correct, joined, predicted, scores_and_labels
 from mmkd.evaluation.ranking import ranking_metrics, reliability_bins, roc_points
 from mmkd.evaluation.significance import mcnemar_exact, paired_bootstrap, wilson_interval
 from mmkd.evaluation.thresholds import thresholded
@@ -20,7 +22,7 @@ METRIC_KEYS = ("accuracy", "accuracy_falsified", "accuracy_pristine", "macro_f1"
 SYSTEM_KEYS = (*METRIC_KEYS, "accuracy_ci95", "coverage")  # what ``score`` reports for each system
 # What ``score_ranked`` adds: ranking and calibration of the scores (null without scores), accuracy with the rule
 # score >= 0.5 and at the val-chosen threshold (whose value and rule it also reports)
-RANKING_KEYS = ("auroc", "auprc", "ece", "brier", "n_scored")
+RANKING_KEYS = ("auroc", "auprc", "ece", "brier", "ece_calibrated", "brier_calibrated", "n_scored")
 THRESHOLD_KEYS = ("accuracy_at_half", "accuracy_at_threshold", "threshold", "threshold_rule")
 BOOTSTRAP_SAMPLES = 2000  # resamples of the test items for a paired accuracy difference
 MODULE_DIR = Path(__file__).parent / "modules" / "ooc_accuracy"
@@ -33,35 +35,13 @@ def _metric():
     return evaluate.load(str(MODULE_DIR))
 
 
-def predicted(answers: pl.DataFrame) -> pl.DataFrame:
-    """id and ``prediction``: the parsed label, or the status (``unparsed``/``error``/``skipped``) when none."""
-    return answers.select(
-        "id", pl.when(pl.col("status") == "ok").then("label").otherwise("status").alias("prediction")
-    )
-
-
-def _joined(answers: pl.DataFrame, gold: pl.DataFrame) -> pl.DataFrame:
-    """gold's items, in gold's order, with each one's prediction (every gold item must have an answer)."""
-    joined = gold.join(predicted(answers), on="id", how="left", maintain_order="left")
-    missing = joined.filter(pl.col("prediction").is_null())["id"].to_list()
-    if missing:
-        raise ValueError(f"no answer for {len(missing)} test item(s), e.g. {missing[:3]}; re-run the labelling")
-    return joined
-
-
-def correct(answers: pl.DataFrame, gold: pl.DataFrame) -> np.ndarray:
-    """Per gold item, in gold's order: whether the answer's label equals gold (no label counts as wrong)."""
-    joined = _joined(answers, gold)
-    return (joined["prediction"] == joined["gold_label"]).to_numpy()
-
-
 def score(answers: pl.DataFrame, gold: pl.DataFrame) -> dict:
     """The metrics of one model's answers on the items in ``gold``: the ``ooc_accuracy`` module's, the Wilson 95 %
     interval of the accuracy (``accuracy_ci95``) and the coverage (the fraction of items given a label)."""
-    joined = _joined(answers, gold)
-    result = _metric().compute(predictions=joined["prediction"].to_list(), references=joined["gold_label"].to_list())
+    table = joined(answers, gold)
+    result = _metric().compute(predictions=table["prediction"].to_list(), references=table["gold_label"].to_list())
     metrics = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in result.items() if k in METRIC_KEYS}
-    hits, n = int((joined["prediction"] == joined["gold_label"]).sum()), len(joined)
+    hits, n = int(correct(answers, gold).sum()), len(table)
     interval = wilson_interval(hits, n)
     metrics["accuracy_ci95"] = [round(x, 6) for x in interval] if interval else None
     metrics["coverage"] = round(1 - result["unparsed_rate"], 6) if n else None
@@ -92,30 +72,19 @@ def confusion_rows(answers: pl.DataFrame, gold: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def scores_and_labels(answers: pl.DataFrame, gold: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Per gold item, in gold's order: the answer's score (NaN without one) and 1 for falsified, 0 for pristine."""
-    joined = gold.join(answers.select("id", "score"), on="id", how="left", maintain_order="left")
-    return (
-        joined["score"].fill_null(float("nan")).to_numpy().astype(float),
-        (joined["gold_label"] == FALSIFIED).to_numpy().astype(float),
-    )
-
-
-def _accuracy(answers: pl.DataFrame, gold: pl.DataFrame) -> float:
-    return round(float(correct(answers, gold).mean()), 6) if len(gold) else None
-
-
 def score_ranked(answers: pl.DataFrame, gold: pl.DataFrame, threshold: dict | None = None) -> dict:
     """``score``'s metrics plus the scores' ranking and calibration (AUROC, AUPRC, ECE, Brier over the scored
-    items; null where none is scored), accuracy with the rule ``score >= 0.5`` and at ``threshold`` (a val
-    calibration, mmkd.evaluation.thresholds.calibrate; chosen without these labels)."""
+    items; null where none is scored; ECE and Brier again after the val-fitted score calibration), accuracy with
+    the rule ``score >= 0.5`` and at ``threshold`` (a val calibration, mmkd.evaluation.thresholds.calibrate; chosen
+    without these labels)."""
     metrics = score(answers, gold)
     scores, labels = scores_and_labels(answers, gold)
     metrics |= ranking_metrics(scores, labels)
+    metrics |= calibrated_metrics(scores, labels, (threshold or {}).get(CALIBRATION_KEY))  # fitted on val
     scored = metrics["n_scored"] > 0
     value = (threshold or {}).get("value")
-    metrics["accuracy_at_half"] = _accuracy(thresholded(answers, 0.5), gold) if scored else None
-    metrics["accuracy_at_threshold"] = _accuracy(thresholded(answers, value), gold) if value is not None else None
+    metrics["accuracy_at_half"] = accuracy(thresholded(answers, 0.5), gold) if scored else None
+    metrics["accuracy_at_threshold"] = accuracy(thresholded(answers, value), gold) if value is not None else None
     metrics["threshold"] = value
     metrics["threshold_rule"] = (threshold or {}).get("rule") if value is not None else None
     return metrics

@@ -23,19 +23,13 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from mmkd.evaluation.outcomes import accuracy, scores_and_labels
 from mmkd.evaluation.ranking import choose_threshold
 from mmkd.schema import FALSIFIED, PRISTINE
 
 log = logging.getLogger(__name__)
 
 THRESHOLD_KEY = "threshold"  # in mmkd_adapter.json
-
-
-def _scored(answers: pl.DataFrame, gold: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Per gold item: the answer's score (NaN without one) and 1 for falsified, 0 for pristine."""
-    joined = gold.join(answers.select("id", "score"), on="id", how="left", maintain_order="left")
-    scores = joined["score"].fill_null(float("nan")).to_numpy().astype(float)
-    return scores, (joined["gold_label"] == FALSIFIED).to_numpy().astype(float)
 
 
 def thresholded(answers: pl.DataFrame, threshold: float | None) -> pl.DataFrame:
@@ -51,10 +45,11 @@ def calibrate(val_answers: pl.DataFrame, val_gold: pl.DataFrame, *, max_fpr: flo
     """The val-chosen threshold of one system and what it gives on val (see the module docstring).
 
     ``value`` is None when no val answer has a score (or none meets ``max_fpr``); ``val_accuracy`` is the val
-    accuracy at ``value`` (every val item counts; one without an answer or label counts as wrong)."""
+    accuracy at ``value`` (every val item counts; one without a label counts as wrong, and a val item without an
+    answer is an error: the answers are stale)."""
     if max_fpr is not None and not 0.0 <= max_fpr <= 1.0:
         raise ValueError(f"calibration.max_fpr={max_fpr}: give a false-positive rate in [0, 1], or null")
-    scores, labels = _scored(val_answers, val_gold)
+    scores, labels = scores_and_labels(val_answers, val_gold)
     value = choose_threshold(scores, labels, max_fpr=max_fpr)
     result = {
         "value": None if value is None else round(value, 6),
@@ -65,29 +60,32 @@ def calibrate(val_answers: pl.DataFrame, val_gold: pl.DataFrame, *, max_fpr: flo
         "val_accuracy": None,
     }
     if value is not None:
-        relabelled = thresholded(val_answers, value)
-        joined = val_gold.join(relabelled.select("id", "label"), on="id", how="left")
-        result["val_accuracy"] = round(float((joined["label"] == joined["gold_label"]).fill_null(False).mean()), 6)
+        result["val_accuracy"] = accuracy(thresholded(val_answers, value), val_gold, split="val")
     return result
 
 
 def record_threshold(adapter_dir: str | Path, calibration: dict) -> None:
-    """Write ``calibration`` into the adapter's ``mmkd_adapter.json`` (key ``threshold``)."""
-    from mmkd.modeling import ADAPTER_INFO
+    """Write ``calibration`` into the adapter's ``mmkd_adapter.json`` (key ``threshold``), keeping the rest; the
+    one writer of an adapter's threshold (``recorded_calibration`` is the one reader)."""
+    from mmkd.modeling import ADAPTER_INFO, adapter_info
 
-    path = Path(adapter_dir) / ADAPTER_INFO
-    info = json.loads(path.read_text())
-    info[THRESHOLD_KEY] = calibration
-    path.write_text(json.dumps(info, indent=2) + "\n")
+    info = adapter_info(adapter_dir) | {THRESHOLD_KEY: calibration}
+    (Path(adapter_dir) / ADAPTER_INFO).write_text(json.dumps(info, indent=2) + "\n")
 
 
-def recorded_threshold(adapter_dir: str | Path | None) -> float | None:
-    """The val threshold recorded for ``adapter_dir``, or None (no adapter, or none recorded)."""
+def recorded_calibration(adapter_dir: str | Path | None) -> dict | None:
+    """What ``record_threshold`` wrote for ``adapter_dir`` (``calibrate``'s result), or None (no adapter, or none
+    recorded)."""
     if adapter_dir is None:
         return None
     from mmkd.modeling import adapter_info
 
-    return (adapter_info(adapter_dir).get(THRESHOLD_KEY) or {}).get("value")
+    return adapter_info(adapter_dir).get(THRESHOLD_KEY)
+
+
+def recorded_threshold(adapter_dir: str | Path | None) -> float | None:
+    """The val threshold recorded for ``adapter_dir``, or None (no adapter, or none recorded)."""
+    return (recorded_calibration(adapter_dir) or {}).get("value")
 
 
 def calibrate_adapter(
@@ -103,6 +101,7 @@ def calibrate_adapter(
     max_fpr: float | None = None,
 ) -> dict:
     """Answer the val items with the student ``base`` + ``adapter_dir``, choose its threshold and record it."""
+    from mmkd.evaluation.calibration import with_score_calibration
     from mmkd.inference.answering import label_items
     from mmkd.inference.local import LocalBackend, LocalConfig
 
@@ -110,7 +109,8 @@ def calibrate_adapter(
         model=base, adapter=str(adapter_dir), dtype=dtype, batch_size=batch_size, max_new_tokens=max_new_tokens
     )
     answers = label_items(LocalBackend(config, name="val"), val_items, source="val", prompt_version=prompt_version)
-    result = calibrate(answers, val_gold, max_fpr=max_fpr)
+    # the Platt fit of the same val answers goes with the threshold, for `mmkd predict` (mmkd.evaluation.calibration)
+    result = with_score_calibration(calibrate(answers, val_gold, max_fpr=max_fpr), answers, val_gold)
     record_threshold(adapter_dir, result)
     log.info("%s: val threshold %s", adapter_dir, result)
     return result
@@ -118,16 +118,17 @@ def calibrate_adapter(
 
 def calibrate_from_params(adapter_dir: str | Path, params: dict) -> dict:
     """``calibrate_adapter`` for a training stage's output, with the run's student, data and ``calibration``
-    params (the val split of ``data.dir``)."""
+    params (the val split of ``data.dir``; its gold: the dataset's and people's, mmkd.annotation.labels)."""
+    from mmkd.annotation.labels import ORIGIN, split_gold
     from mmkd.paths import items_file
-    from mmkd.schema import gold_path, read_gold, read_items
+    from mmkd.schema import read_items
 
     student, cfg = params["student"], params["calibration"]
     val_file = items_file(params["data"]["dir"], "val")
     return calibrate_adapter(
         adapter_dir,
         read_items(val_file),
-        read_gold(gold_path(val_file)),
+        split_gold(params["data"]["dir"], "val", params["annotation"]["prefer"]).require("val").drop(ORIGIN),
         base=student["model"],
         prompt_version=student["prompt_version"],
         dtype=student["dtype"],

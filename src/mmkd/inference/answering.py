@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,115 +106,146 @@ def label_items(
     new answer replaces it in the cache. When the backend stops (``BackendStopped``: no server left), the items
     not yet asked are recorded as errors with its reason. ``tally``, when given, is updated with what happened.
     """
-    tally = tally if tally is not None else LabelTally()
-    keyed = cache is not None or previous is not None
-    identity = backend.identity() if keyed else None
-    reusable = _reusable(previous)
-    rows: dict[str, dict] = {}
-    bar = tqdm(total=len(items), desc=source, unit="item", dynamic_ncols=True, disable=len(items) == 0)
-    keys: dict[str, str] = {}
-    retried: set[str] = set()  # keys whose unparsed answer is being asked again (the new one replaces it)
-
-    def on_reply(reply: InferenceReply) -> None:
-        rows[reply.item_id] = _answer_row(reply, keys.get(reply.item_id))
-        if reply.error is not None:
-            tally.errors += 1
-            if len(tally.failed) < FAILED_EXAMPLES:
-                tally.failed.append((reply.item_id, reply.error))
-        else:
-            tally.count_tokens(reply.prompt_tokens, reply.completion_tokens)
-            if cache is not None:
-                key = keys[reply.item_id]
-                answer = CachedAnswer(reply.text, reply.prompt_tokens, reply.completion_tokens, reply.score)
-                cache.put(key, source, reply.item_id, answer, replace=key in retried)
-        bar.update(1)
-        bar.set_postfix(cached=tally.cache_hits, errors=tally.errors, refresh=False)
-
-    def skip(item_id: str, error: str) -> None:
-        log.warning("%s: skipped %s", source, error)
-        rows[item_id] = {"id": item_id, "status": "skipped", "error": error}
-        tally.skipped += 1
-        bar.update(1)
-
-    rescore = getattr(backend, "score_answer", None)  # a local model can score an answer cached without a score
-
-    def use(row: dict, prompt: str, key: str, hit: CachedAnswer) -> None:
-        item_id = row["id"]
-        if hit.score is None and rescore is not None and parse_answer(hit.text).status == "ok":
-            try:
-                image = load_image(item_id, row["image_path"])
-            except BadItem:
-                pass  # the answer stays unscored; the image is checked again when the item is asked
-            else:
-                score = rescore(InferenceRequest(item_id, image, prompt, row["image_path"]), hit.text)
-                hit = CachedAnswer(hit.text, hit.prompt_tokens, hit.completion_tokens, score)
-                if cache is not None and score is not None:
-                    cache.set_score(key, score)
-        reply = InferenceReply(item_id, hit.text, None, hit.prompt_tokens, hit.completion_tokens, hit.score)
-        rows[item_id] = _answer_row(reply, key)
-        tally.count_tokens(hit.prompt_tokens, hit.completion_tokens)
-        bar.update(1)
-
-    def to_ask():
-        """The requests to send, one at a time: cache and previous answers are used first, bad items skipped."""
-        template = get_prompt(prompt_version)
-        for start in range(0, len(items), chunk_size):
-            chunk = []
-            for row in items.slice(start, chunk_size).iter_rows(named=True):
-                try:
-                    prompt = item_prompt(template, row)
-                except BadItem as exc:
-                    skip(row["id"], str(exc))
-                    continue
-                if keyed:
-                    path = Path(row["image_path"])
-                    digest = file_sha256(path) if path.is_file() else None  # else load_image below says what is wrong
-                    keys[row["id"]] = answer_key(source, identity, prompt_version, prompt, digest)
-                chunk.append((row, prompt))
-            found = cache.get_many(keys[r["id"]] for r, _ in chunk) if cache is not None and chunk else {}
-            for row, prompt in chunk:
-                key = keys.get(row["id"])
-                if keyed:
-                    hit, reused = found.get(key), False
-                    if hit is None and (hit := reusable.get(key)) is not None:
-                        reused = True
-                    if hit is not None and retry_unparsed and parse_answer(hit.text).status != "ok":
-                        retried.add(key)
-                    elif hit is not None:
-                        if reused:
-                            tally.reused += 1
-                            if cache is not None:
-                                cache.put(key, source, row["id"], hit)
-                        else:
-                            tally.cache_hits += 1
-                        use(row, prompt, key, hit)
-                        continue
-                if stopped:  # the backend can take no more: record the item as failed, without reading its image
-                    on_reply(InferenceReply(item_id=row["id"], error=f"not sent: {stopped[0]}"))
-                    continue
-                try:
-                    image = load_image(row["id"], row["image_path"])
-                except BadItem as exc:
-                    skip(row["id"], str(exc))
-                    continue
-                tally.sent += 1
-                yield InferenceRequest(item_id=row["id"], image=image, prompt=prompt, image_path=row["image_path"])
-
-    stopped: list[str] = []
-    stream = to_ask()
+    keyed = cache is not None or previous is not None  # keys (an image hash each) only where answers are looked up
+    run = _Run(
+        source=source,
+        cache=cache,
+        tally=tally if tally is not None else LabelTally(),
+        bar=tqdm(total=len(items), desc=source, unit="item", dynamic_ncols=True, disable=len(items) == 0),
+        identity=backend.identity() if keyed else None,
+        rescore=getattr(backend, "score_answer", None),  # a local model scores an answer cached without a score
+    )
+    requests = _requests(run, items, prompt_version, chunk_size, _reusable(previous), retry_unparsed)
     try:
-        backend.answer(stream, on_reply)
+        backend.answer(requests, run.record_reply)
     except BackendStopped as exc:  # the rest still comes from the cache; what would be sent is recorded as failed
-        stopped.append(str(exc))
-        for _ in stream:
+        run.stopped = str(exc)
+        for _ in requests:
             pass
     finally:
-        bar.close()
-    tally.items += len(items)
-    ordered = [rows[i] | {"source": source, "prompt_version": prompt_version} for i in items["id"]]
+        run.bar.close()
+    run.tally.items += len(items)
+    ordered = [run.rows[i] | {"source": source, "prompt_version": prompt_version} for i in items["id"]]
     answers = answers_frame(ordered)
     log.info("%s: %s", source, dict(answers["status"].value_counts().sort("status").iter_rows()))
     return answers
+
+
+def _requests(
+    run: _Run,
+    items: pl.DataFrame,
+    prompt_version: str,
+    chunk_size: int,
+    reusable: dict[str, CachedAnswer],
+    retry_unparsed: bool,
+) -> Iterator[InferenceRequest]:
+    """The requests to send, one at a time, in item order. An item answered before (in the cache, else in
+    ``reusable``) is recorded from there instead, unless it is an unparsed answer to ask again; a bad item is
+    recorded as skipped; once the backend has stopped, the rest are recorded as not sent."""
+    template = get_prompt(prompt_version)
+    for start in range(0, len(items), chunk_size):
+        chunk = []  # (row, prompt) of the usable items
+        for row in items.slice(start, chunk_size).iter_rows(named=True):
+            try:
+                prompt = item_prompt(template, row)
+            except BadItem as exc:
+                run.skip(row["id"], str(exc))
+                continue
+            if run.identity is not None:
+                path = Path(row["image_path"])
+                digest = file_sha256(path) if path.is_file() else None  # else load_image below says what is wrong
+                run.keys[row["id"]] = answer_key(run.source, run.identity, prompt_version, prompt, digest)
+            chunk.append((row, prompt))
+        cached = run.cache.get_many(run.keys[r["id"]] for r, _ in chunk) if run.cache is not None and chunk else {}
+
+        for row, prompt in chunk:
+            key = run.keys.get(row["id"])
+            earlier, from_cache = cached.get(key), True
+            if earlier is None:
+                earlier, from_cache = reusable.get(key), False
+            if earlier is not None and retry_unparsed and parse_answer(earlier.text).status != "ok":
+                run.retried.add(key)  # asked again below; the new answer replaces it in the cache
+            elif earlier is not None:
+                run.record_earlier(row, prompt, key, earlier, from_cache=from_cache)
+                continue
+            if run.stopped is not None:  # the backend can take no more: failed, without reading the image
+                run.record_reply(InferenceReply(item_id=row["id"], error=f"not sent: {run.stopped}"))
+                continue
+            try:
+                image = load_image(row["id"], row["image_path"])
+            except BadItem as exc:
+                run.skip(row["id"], str(exc))
+                continue
+            run.tally.sent += 1
+            yield InferenceRequest(item_id=row["id"], image=image, prompt=prompt, image_path=row["image_path"])
+
+
+@dataclass
+class _Run:
+    """What one ``label_items`` call has recorded so far, and what it needs to record more."""
+
+    source: str
+    cache: AnswerCache | None
+    tally: LabelTally
+    bar: tqdm
+    identity: dict | None  # the backend's, for answer keys; None: answers are not looked up (no cache, no previous)
+    rescore: Callable[[InferenceRequest, str], float | None] | None
+    rows: dict[str, dict] = field(default_factory=dict)  # item id -> its answer row
+    keys: dict[str, str] = field(default_factory=dict)  # item id -> answer_key
+    retried: set[str] = field(default_factory=set)  # keys whose unparsed answer is asked again
+    stopped: str | None = None  # why the backend stopped taking requests
+
+    def record_reply(self, reply: InferenceReply) -> None:
+        """A reply from the backend: its row, the tally, and (when it did not fail) the cache."""
+        self.rows[reply.item_id] = _answer_row(reply, self.keys.get(reply.item_id))
+        if reply.error is not None:
+            self.tally.errors += 1
+            if len(self.tally.failed) < FAILED_EXAMPLES:
+                self.tally.failed.append((reply.item_id, reply.error))
+        else:
+            self.tally.count_tokens(reply.prompt_tokens, reply.completion_tokens)
+            if self.cache is not None:
+                key = self.keys[reply.item_id]
+                answer = CachedAnswer(reply.text, reply.prompt_tokens, reply.completion_tokens, reply.score)
+                self.cache.put(key, self.source, reply.item_id, answer, replace=key in self.retried)
+        self.bar.update(1)
+        self.bar.set_postfix(cached=self.tally.cache_hits, errors=self.tally.errors, refresh=False)
+
+    def record_earlier(self, row: dict, prompt: str, key: str, earlier: CachedAnswer, *, from_cache: bool) -> None:
+        """An answer found in the cache, or in the previous outputs (then copied into the cache); one without a
+        score gets one where the backend can score it."""
+        item_id = row["id"]
+        if from_cache:
+            self.tally.cache_hits += 1
+        else:
+            self.tally.reused += 1
+            if self.cache is not None:
+                self.cache.put(key, self.source, item_id, earlier)
+        if earlier.score is None and self.rescore is not None and parse_answer(earlier.text).status == "ok":
+            earlier = self._rescored(row, prompt, key, earlier)
+        reply = InferenceReply(
+            item_id, earlier.text, None, earlier.prompt_tokens, earlier.completion_tokens, earlier.score
+        )
+        self.rows[item_id] = _answer_row(reply, key)
+        self.tally.count_tokens(earlier.prompt_tokens, earlier.completion_tokens)
+        self.bar.update(1)
+
+    def _rescored(self, row: dict, prompt: str, key: str, earlier: CachedAnswer) -> CachedAnswer:
+        try:
+            image = load_image(row["id"], row["image_path"])
+        except BadItem:
+            return earlier  # stays unscored; the image is checked again when the item is asked
+        score = self.rescore(InferenceRequest(row["id"], image, prompt, row["image_path"]), earlier.text)
+        if self.cache is not None and score is not None:
+            self.cache.set_score(key, score)
+        return CachedAnswer(earlier.text, earlier.prompt_tokens, earlier.completion_tokens, score)
+
+    def skip(self, item_id: str, error: str) -> None:
+        """A bad item (no caption, no readable image): recorded as skipped, with the message that names it."""
+        log.warning("%s: skipped %s", self.source, error)
+        self.rows[item_id] = {"id": item_id, "status": "skipped", "error": error}
+        self.tally.skipped += 1
+        self.bar.update(1)
 
 
 def _prices(backend: InferenceBackend) -> tuple[float | None, float | None]:

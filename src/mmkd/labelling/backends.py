@@ -11,7 +11,8 @@ from dataclasses import dataclass, fields
 
 from mmkd.inference.base import BackendUsage, InferenceBackend, InferenceReply, InferenceRequest
 from mmkd.inference.local import LocalBackend, LocalConfig
-from mmkd.labelling.openai_compat import OpenAICompatBackend, OpenAICompatConfig
+from mmkd.labelling.openai_compat import OpenAICompatBackend
+from mmkd.labelling.server.config import OpenAICompatConfig
 
 BACKENDS = {"local": (LocalConfig, LocalBackend), "openai": (OpenAICompatConfig, OpenAICompatBackend)}
 

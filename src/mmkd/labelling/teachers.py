@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import time
 from dataclasses import dataclass, field
@@ -20,16 +21,19 @@ import polars as pl
 from mmkd.inference.answer_cache import AnswerCache, cache_dir_for, cache_path
 from mmkd.inference.answering import LabelTally, label_items, run_accounting, shard_items, teacher_metrics
 from mmkd.labelling.backends import LabelSettings, label_settings, make_backend
-from mmkd.labelling.openai_compat import ConfigError
+from mmkd.labelling.server.faults import ConfigError
 from mmkd.paths import (
     LABELLED_SPLITS,
     answers_file,
     items_file,
+    metrics_file,
     missing_test_set_inputs,
+    run_log_file,
     test_set_answers,
     test_set_items,
 )
 from mmkd.schema import SchemaError, answers_frame, read_answers, read_items
+from mmkd.stage_io import write_json
 
 log = logging.getLogger(__name__)
 
@@ -165,3 +169,34 @@ def error_budget(name: str, run: TeacherRun, settings: LabelSettings, cache: Ans
     if run.tally.errors > settings.max_errors:
         raise LabelStageError(message + f" (teachers.{name}.max_errors is {settings.max_errors}).")
     return message + "."
+
+
+def shard_arg(text: str) -> tuple[int, int]:
+    """``--shard I/N`` -> (I, N), 0 <= I < N."""
+    try:
+        index, count = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard {text!r}: write it as I/N, e.g. 0/4") from None
+    if not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"--shard {text!r}: need 0 <= I < N")
+    return index, count
+
+
+def write_run(name: str, run: TeacherRun, shard: tuple[int, int] | None) -> None:
+    """A run's outputs: the answer tables and metrics/teachers/<name>.json (not for a shard, which fills the cache
+    only), and its accounting in the git-ignored run log."""
+    if not shard:
+        for path, answers in run.answers.items():
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            answers.write_parquet(path)
+        write_json(metrics_file(f"teachers/{name}"), run.metrics)
+    write_json(run_log_file(f"label/{name}{'.shard' if shard else ''}"), run.accounting)
+    log.info("%s: %s", name, run.accounting)
+
+
+def interrupted(name: str) -> str:
+    """What an interrupted run says: each answer was committed to the cache as it came, so nothing is lost."""
+    return (
+        f"label@{name}: interrupted; the answers received so far are in the answer cache "
+        f"(teachers.{name}.cache_dir) and the next run asks only the others"
+    )

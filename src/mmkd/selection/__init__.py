@@ -1,1 +1,2 @@
-"""Which items get a gold label: the conflict split, the baselines' selections and the Stage-1 targets."""
+"""Which items get a gold label and what the students learn from: the conflict split (conflicts), the Stage-1
+targets (targets), the teachers' majority vote (majority) and the baselines' training data (baselines)."""

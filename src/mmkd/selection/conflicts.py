@@ -7,7 +7,10 @@ Selection (``split.select``, ``Selection``): ``rule`` picks the candidates among
   ``unparsed="ignore"``, more than half of the parsed labels). With two teachers this is ``conflict``; with three
   or more it reads fewer labels (a 2-1 item has a majority);
 - ``random``: every usable item, so that the budget below takes a seeded random sample of them;
-- ``all``: every usable item.
+- ``all``: every usable item;
+- ``uncertain`` (needs a budget): the conflicts first, then, to fill the budget, the items the teachers agree on
+  whose scores are nearest 0.5 (query by committee's second signal: a confident agreement needs no person). An
+  item's uncertainty is its least confident teacher's, 1 - |2 * score - 1|; agreements without scores come last.
 An optional ``budget`` caps the gold labels read: a count (an int), or a fraction of the usable items (a float in
 (0, 1], rounded down). When the rule selects more, the kept items are those first in the order of
 SHA-256(``"<seed>:<item id>"``): a seeded sub-sample that is the same on every machine and library version and
@@ -35,25 +38,15 @@ from pathlib import Path
 
 import polars as pl
 
-from mmkd.parsing import format_answer
-from mmkd.schema import (
-    ANSWER_SCHEMA,
-    CONFLICT_SCHEMA,
-    LABELS,
-    PAIR_SCHEMA,
-    SFT_ROW_SCHEMA,
-    SchemaError,
-    frame,
-    read_gold,
-)
+from mmkd.annotation.labels import ORIGIN, GoldSource
+from mmkd.schema import CONFLICT_SCHEMA, LABELS, PAIR_SCHEMA, SFT_ROW_SCHEMA, SchemaError, frame
 
 UNPARSED_POLICIES = ("conflict", "ignore")  # split.unparsed
-SELECTION_RULES = ("conflict", "no_majority", "random", "all")  # split.select.rule
-STAGE1_TARGETS = ("all", "agreed", "majority")  # stage1.targets (stage1_rows)
+SELECTION_RULES = ("conflict", "no_majority", "random", "all", "uncertain")  # split.select.rule
 
 
 def answers_wide(answers: dict[str, pl.DataFrame]) -> pl.DataFrame:
-    """One row per item: ``<teacher>__label``, ``<teacher>__status`` and ``<teacher>__raw_text`` for every teacher."""
+    """One row per item: ``<teacher>__label``, ``__status``, ``__raw_text`` and ``__score`` for every teacher."""
     if not answers:
         raise ValueError("no teachers: the conflict split needs the answers of at least one teacher")
     names = sorted(answers)
@@ -64,6 +57,9 @@ def answers_wide(answers: dict[str, pl.DataFrame]) -> pl.DataFrame:
             pl.col("label").alias(f"{name}__label"),
             pl.col("status").alias(f"{name}__status"),
             pl.col("raw_text").alias(f"{name}__raw_text"),
+            (pl.col("score") if "score" in answers[name].columns else pl.lit(None, pl.Float64)).alias(
+                f"{name}__score"
+            ),
         )
         if wide is None:
             wide = df
@@ -109,24 +105,6 @@ def majority_label(teachers: list[str], unparsed: str = "conflict") -> pl.Expr:
     return out
 
 
-def majority_vote(answers: dict[str, pl.DataFrame], unparsed: str = "conflict") -> pl.DataFrame:
-    """The teachers' vote as an answers table (the ``majority_vote`` baseline: no student). An item with a strict
-    majority (``majority_label``) gets that label; any other item abstains: status ``abstain``, no label, which
-    scores as wrong (the honest default; the metrics report the coverage)."""
-    teachers = sorted(answers)
-    wide = answers_wide(answers).with_columns(label=majority_label(teachers, unparsed))
-    rows = wide.select(
-        "id",
-        pl.lit("majority_vote").alias("source"),
-        "label",
-        pl.when(pl.col("label").is_null()).then(pl.lit("abstain")).otherwise(pl.lit("ok")).alias("status"),
-        pl.when(pl.col("label").is_null())
-        .then(pl.lit(f"no strict majority among {len(teachers)} teachers"))
-        .alias("error"),
-    )
-    return frame(rows.to_dicts(), ANSWER_SCHEMA)
-
-
 @dataclass(frozen=True)
 class Selection:
     """Which training items get a gold label (``split.select``); see the module docstring."""
@@ -145,8 +123,10 @@ class Selection:
             raise ValueError(f"split.select.budget must be >= 0 items, got {budget}")
         if isinstance(budget, float) and not 0.0 < budget <= 1.0:
             raise ValueError(f"split.select.budget as a fraction must be in (0, 1], got {budget}")
-        if self.rule == "random" and budget is None:
-            raise ValueError("split.select.rule random needs a budget (a count or a fraction of the train items)")
+        if self.rule in ("random", "uncertain") and budget is None:
+            raise ValueError(
+                f"split.select.rule {self.rule} needs a budget (a count or a fraction of the train items)"
+            )
 
     def cap(self, n_usable: int) -> int | None:
         """The most gold labels this selection may read from ``n_usable`` items (None: no cap)."""
@@ -163,7 +143,7 @@ def sample_order(ids: list[str], seed: int) -> list[str]:
 def select_items(wide: pl.DataFrame, teachers: list[str], selection: Selection, unparsed: str) -> pl.DataFrame:
     """Add ``candidate`` (chosen by the rule) and ``selected`` (within the budget) columns to the table that
     ``find_conflicts`` returns."""
-    if selection.rule == "conflict":
+    if selection.rule in ("conflict", "uncertain"):
         candidate = pl.col("conflict")
     elif selection.rule == "no_majority":
         candidate = pl.col("usable") & majority_label(teachers, unparsed).is_null()
@@ -174,18 +154,32 @@ def select_items(wide: pl.DataFrame, teachers: list[str], selection: Selection, 
     ids = wide.filter("candidate")["id"].to_list()
     if cap is not None and len(ids) > cap:
         ids = sample_order(ids, selection.seed)[:cap]
+    if selection.rule == "uncertain" and cap is not None and len(ids) < cap:
+        ids += most_uncertain_agreements(wide, teachers, selection.seed)[: cap - len(ids)]
     return wide.with_columns(selected=pl.col("id").is_in(pl.Series(ids, dtype=pl.String).implode()))
+
+
+def most_uncertain_agreements(wide: pl.DataFrame, teachers: list[str], seed: int) -> list[str]:
+    """The usable items that are not conflicts, the least confident first: by the largest 1 - |2 * score - 1| over
+    the teachers; ties in seeded order, unscored items last."""
+    agreed = wide.filter(pl.col("usable") & ~pl.col("conflict"))
+    uncertainty = pl.max_horizontal([1 - (2 * pl.col(f"{t}__score") - 1).abs() for t in teachers])
+    ranked = agreed.select("id", uncertainty.alias("u"))
+    order = {i: n for n, i in enumerate(sample_order(ranked["id"].to_list(), seed))}
+    rows = sorted(ranked.iter_rows(), key=lambda r: (r[1] is None, -(r[1] or 0.0), order[r[0]]))
+    return [r[0] for r in rows]
 
 
 def conflict_split(
     answers: dict[str, pl.DataFrame],
-    gold_file: str | Path,
+    gold_file: str | Path | GoldSource,
     *,
     unparsed: str = "conflict",
     selection: Selection | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, dict]:
     """Split the training items. Returns (selected, sft_rows, pairs, metrics); gold is read for the selected items
-    only (by default the conflict items).
+    only (by default the conflict items), from ``gold_file`` (a gold table) or a ``GoldSource`` (the dataset's gold
+    and people's labels, mmkd.annotation.labels).
 
     The three tables have the schemas ``CONFLICT_SCHEMA``, ``SFT_ROW_SCHEMA`` and ``PAIR_SCHEMA`` (mmkd.schema).
     A selected item on which every teacher agrees with gold gives SFT rows and no pair.
@@ -194,11 +188,18 @@ def conflict_split(
     teachers = sorted(answers)
     wide = select_items(find_conflicts(answers_wide(answers), teachers, unparsed), teachers, selection, unparsed)
     conflict_ids = wide.filter("selected")["id"]
-    gold_all = read_gold(gold_file)
+    source = gold_file if isinstance(gold_file, GoldSource) else GoldSource(Path(gold_file))
+    gold_all = source.read()
     gold = gold_all.filter(pl.col("id").is_in(conflict_ids.implode()))  # the only gold labels we use
-    missing = set(conflict_ids) - set(gold["id"])
+    missing = sorted(set(conflict_ids) - set(gold["id"]))
     if missing:
-        raise SchemaError(f"{gold_file}: no gold label for selected item(s) {sorted(missing)[:5]}; label them")
+        raise SchemaError(
+            f"{source.describe()}: {len(missing)} of the {len(conflict_ids)} selected item(s) have no gold label "
+            f"(e.g. {missing[:5]}). Have people label them: `mmkd annotate export`, label the queue, "
+            "`mmkd annotate import <file>`, then `dvc repro` (docs/annotation.md)"
+        )
+    human = int((gold[ORIGIN] == "human").sum())
+    gold = gold.drop(ORIGIN)
     del gold_all
 
     rows = wide.filter("selected").join(gold, on="id", how="left", maintain_order="left")
@@ -221,19 +222,8 @@ def conflict_split(
     conflicts_df = frame(conflicts, CONFLICT_SCHEMA)
     sft_df, pairs_df = frame(sft, SFT_ROW_SCHEMA), frame(pairs, PAIR_SCHEMA)
     metrics = split_metrics(wide, teachers, conflicts_df, sft_df, pairs_df, selection)
+    metrics["human_labels_read"] = human  # of gold_labels_read: people's (mmkd.annotation), the rest the dataset's
     return conflicts_df, sft_df, pairs_df, metrics
-
-
-def gold_sft_rows(selected: pl.DataFrame, sft: pl.DataFrame) -> pl.DataFrame:
-    """SFT targets for training on the selected items' gold labels alone, from the base model (the ``gold_only``
-    and ``full_supervision`` baselines): the answers of the teachers that match gold (the label is gold's, the
-    wording a teacher's, so the target keeps the answer format the student is scored on), and for an item no
-    teacher got right, the bare answer ``Label: <gold>. Rationale:`` (there is no wording to borrow)."""
-    bare = [
-        {"id": r["id"], "source": "gold", "completion": format_answer(r["gold_label"], "").strip()}
-        for r in selected.filter(pl.col("n_agree") == 0).iter_rows(named=True)
-    ]
-    return frame(sft.to_dicts() + bare, SFT_ROW_SCHEMA).sort("id", "source")
 
 
 def split_metrics(
@@ -278,34 +268,3 @@ def split_metrics(
         "skipped_rate": {t: v["skipped"] for t, v in per_teacher.items()},
         "agreement": agreement,
     }
-
-
-def stage1_rows(answers: dict[str, pl.DataFrame], *, policy: str = "all") -> pl.DataFrame:
-    """Stage-1 targets: one row per kept parsed teacher answer (id, source, completion).
-
-    ``all``: every parsed answer of every teacher, so an item the teachers disagree on appears once per teacher
-    with conflicting targets (the paper's Stage 1 learns from all teacher outputs; Stage 2 resolves conflicts).
-    ``agreed``: only items on which every teacher parsed and agreed.
-    ``majority``: every parsed answer whose label is the strict majority of the item's parsed labels; an item with
-    no strict majority (a tie, e.g. two teachers that disagree) keeps all its parsed answers, as under ``all``. With
-    two teachers this is ``all``; with three, a 2-1 item keeps the two agreeing answers. No gold label is read.
-    """
-    if policy not in STAGE1_TARGETS:
-        raise ValueError(f"stage1.targets must be one of {STAGE1_TARGETS}, got {policy!r}")
-    teachers = sorted(answers)
-    frames = [
-        answers[t]
-        .filter(pl.col("status") == "ok")
-        .select("id", pl.lit(t).alias("source"), "label", pl.col("raw_text").alias("completion"))
-        for t in teachers
-    ]
-    rows = pl.concat(frames)
-    if policy == "agreed":
-        wide = find_conflicts(answers_wide(answers), teachers, "conflict")
-        keep = wide.filter(pl.col("usable") & ~pl.col("conflict"))["id"]
-        rows = rows.filter(pl.col("id").is_in(keep.implode()))
-    elif policy == "majority":
-        votes, n_parsed = pl.len().over("id", "label"), pl.len().over("id")
-        has_majority = votes.max().over("id") * 2 > n_parsed
-        rows = rows.filter((votes * 2 > n_parsed) | ~has_majority)
-    return rows.drop("label").sort("id", "source")

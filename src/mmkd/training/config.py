@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from typing import get_type_hints
 
 from mmkd.items import check_max_image_pixels
-from mmkd.selection.conflicts import STAGE1_TARGETS
+from mmkd.selection.targets import STAGE1_TARGETS
 from mmkd.training.cpu_speedups import CpuSpeedups
 
 # LoRA on the language model only (the vision tower and projector stay frozen), on every attention and MLP

@@ -37,7 +37,7 @@ class LaunchSettings:
 
     @property
     def plain(self) -> bool:
-        """One process without a config: the stage runs as ``python <script>``, as it always has."""
+        """One process without a config: the stage runs as ``python <script>`` in this process's environment."""
         return self.num_processes == 1 and self.config_file is None
 
 

@@ -5,19 +5,16 @@ LoRA on top: first SFT on the gold-agreeing teacher answers, then DPO. DPO's ref
 (TRL copies the adapter into a frozen ``ref`` adapter): Stage 1 plus the Stage-2 SFT, the textbook SFT-then-DPO
 setup; with ``run_sft: false`` it is exactly Stage 1. Only the trained adapter is saved, not the ``ref`` copy.
 
-Under ``accelerate launch`` (stages/launch.py) every rank runs the same code on its shard of the rows (accelerate's
-sampler); only rank 0 (``is_main_process``) writes the adapter and the dvclive logs. A plain ``python`` run is one
-process, rank 0, and takes none of the multi-process branches.
+Under ``accelerate launch`` every rank runs this code on its shard of the rows; only rank 0 writes the adapter and
+the logs (mmkd.training.distributed). Each phase logs to dvclive and shows one progress bar (mmkd.training.callbacks).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
 import shutil
 import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -26,36 +23,25 @@ import datasets
 import polars as pl
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from tqdm.auto import tqdm
-from transformers import PrinterCallback, ProgressCallback, TrainerCallback
-from transformers.integrations import DVCLiveCallback
+from transformers import TrainerCallback
 from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
-from mmkd.console import verbose
 from mmkd.modeling import adapter_info, assistant_turn, load_model, load_student, user_turn, write_adapter_info
+from mmkd.training.callbacks import live_callbacks, quiet_progress
 from mmkd.training.config import DPOSettings, LoraSettings, Stage2Settings, TrainSettings
 from mmkd.training.cpu_speedups import CpuSpeedups
 from mmkd.training.cpu_speedups.collate import ROW_KEY, CachedCollator
 from mmkd.training.cpu_speedups.logprob_head import logprob_head
+from mmkd.training.distributed import (
+    finish_distributed,
+    gathered_trainable,
+    is_main_process,
+    use_local_gpu,
+    wait_for_all,
+    world_size,
+)
 
 log = logging.getLogger(__name__)
-
-
-def world_size() -> int:
-    """Processes in this training run: ``WORLD_SIZE`` as ``accelerate launch`` sets it; 1 in a plain python run."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def is_main_process() -> bool:
-    """Rank 0 of a multi-process launch, or a plain run: the one process that writes the adapter, logs and metrics."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def _use_local_gpu() -> None:
-    """In a multi-process launch, make ``cuda`` this rank's GPU before the model is loaded (the model is loaded before
-    the trainer exists, which would otherwise put every rank's copy on GPU 0)."""
-    if world_size() > 1 and torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def epoch_top_up(rows: int, batch_size: int, processes: int) -> int:
@@ -129,7 +115,7 @@ def lora_config(lora: LoraSettings) -> LoraConfig:
 
 def _args(config_cls, s: TrainSettings, out_dir: str, seed: int, **extra):
     s.check_hardware()
-    if world_size() > 1:  # set only here, so that a plain run's (logged) args stay as they were
+    if world_size() > 1:  # only here: a one-process run logs no distributed setting it does not use
         # Every LoRA parameter gets a gradient each step, so DDP need not search the graph for unused ones (which
         # also clashes with gradient checkpointing).
         extra.setdefault("ddp_find_unused_parameters", False)
@@ -163,122 +149,6 @@ def _args(config_cls, s: TrainSettings, out_dir: str, seed: int, **extra):
     )
 
 
-# What a training log must not record, so that the same run on the same machine writes the same bytes: the trainer's
-# temporary output folder, and wall-clock speeds (TrainingProgress logs the time instead).
-MACHINE_SPECIFIC_ARGS = ("output_dir", "logging_dir")
-MACHINE_SPECIFIC_METRICS = ("train_runtime", "train_samples_per_second", "train_steps_per_second")
-
-
-class _StepAlignedDVCLive(DVCLiveCallback):
-    """transformers' dvclive callback, with the optimiser step as the step (it counts log calls) and without the
-    machine-specific values above."""
-
-    def setup(self, args, state, model):
-        self._initialized = True
-        if state.is_world_process_zero:
-            params = args.to_dict()
-            self.live.log_params({k: v for k, v in params.items() if k not in MACHINE_SPECIFIC_ARGS})
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if self.live is not None:
-            self.live.step = state.global_step
-        logs = {k: v for k, v in (logs or {}).items() if k not in MACHINE_SPECIFIC_METRICS}
-        super().on_log(args, state, control, logs=logs, **kwargs)
-
-
-class TrainingProgress(ProgressCallback):
-    """One bar per training phase (steps, rate, ETA, the latest loss) in place of transformers' bar and the dict it
-    prints at every logging step. Where bars are off (``TQDM_DISABLE``: jobs side by side) it logs one line each
-    tenth of the way instead. ``MMKD_VERBOSE=1`` keeps transformers' own output (mmkd.console)."""
-
-    def __init__(self, desc: str):
-        super().__init__()
-        self.desc, self.loss, self.started, self.reported = desc, None, 0.0, 0
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            self.training_bar = tqdm(total=state.max_steps, desc=self.desc, unit="step", dynamic_ncols=True)
-        self.current_step, self.started = 0, time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        super().on_step_end(args, state, control, **kwargs)
-        bar = self.training_bar
-        if bar is None or not bar.disable or state.global_step * 10 < (self.reported + 1) * state.max_steps:
-            return
-        self.reported = state.global_step * 10 // state.max_steps
-        elapsed = time.perf_counter() - self.started
-        eta = elapsed * (state.max_steps - state.global_step) / state.global_step
-        log.info(
-            "%s: step %d/%d, loss %s, %.1f steps/s, ETA %.0f s",
-            self.desc,
-            state.global_step,
-            state.max_steps,
-            "n/a" if self.loss is None else f"{self.loss:.4g}",
-            state.global_step / elapsed,
-            eta,
-        )
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if self.training_bar is not None and logs and "loss" in logs:
-            self.loss = logs["loss"]
-            self.training_bar.set_postfix(loss=f"{self.loss:.4g}", refresh=False)
-
-    def on_train_end(self, args, state, control, **kwargs):
-        super().on_train_end(args, state, control, **kwargs)
-        if not state.is_world_process_zero:
-            return
-        log.info(
-            "%s: %d steps in %.0f s, last logged loss %s",
-            self.desc,
-            state.global_step,
-            time.perf_counter() - self.started,
-            "n/a" if self.loss is None else f"{self.loss:.4g}",
-        )
-
-
-def _quiet_progress(trainer, live_dir) -> None:
-    """Swap transformers' progress output for ``TrainingProgress`` (unless verbose), named after the run's logs."""
-    if verbose():
-        return
-    trainer.remove_callback(ProgressCallback)
-    trainer.remove_callback(PrinterCallback)
-    parts = Path(live_dir).parts
-    name = parts[parts.index("dvclive") + 1 :] if "dvclive" in parts else parts[-2:]  # stage1, stage2/sft, ...
-    trainer.add_callback(TrainingProgress("/".join(name)))
-
-
-def _live_callbacks(live_dir: str | Path, params: dict) -> list[TrainerCallback]:
-    """The dvclive logger of a training phase, on the main process only: the other ranks write no logs."""
-    return [_live_callback(live_dir, params)] if is_main_process() else []
-
-
-def _live(live_dir: str | Path):
-    """A dvclive logger writing to ``live_dir``, also in a git repo without a commit yet (``git init``, ``dvc init``,
-    ``dvc repro``): dvclive 3.49 reads HEAD there before it checks for commits and stops with "Empty git repo"
-    (scmrepo's SCMError, which its own guard does not catch). There it logs as outside a DVC repo: the same files."""
-    from scmrepo.exceptions import SCMError
-
-    from dvclive import Live
-
-    class _Live(Live):
-        def _init_dvc(self):
-            try:
-                super()._init_dvc()
-            except SCMError as err:
-                log.info("dvclive: %s; logging to %s as outside a DVC repo", err, live_dir)
-                self._dvc_repo, self._save_dvc_exp = None, False
-                self._dvc_file = self._init_dvc_file()
-
-    # save_dvc_exp=False and dvcyaml=None: the pipeline, not dvclive, owns experiments and dvc.yaml.
-    return _Live(str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None)
-
-
-def _live_callback(live_dir: str | Path, params: dict):
-    live = _live(live_dir)
-    live.log_params(params)
-    return _StepAlignedDVCLive(live=live)
-
-
 def train_sft(
     model,
     processor,
@@ -304,7 +174,7 @@ def train_sft(
             processing_class=processor,
             peft_config=lora_config(lora) if lora else None,
             callbacks=[
-                *_live_callbacks(live_dir, {"sft": asdict(settings), "lora": asdict(lora) if lora else None}),
+                *live_callbacks(live_dir, {"sft": asdict(settings), "lora": asdict(lora) if lora else None}),
                 *callbacks,
             ],
         )
@@ -312,7 +182,7 @@ def train_sft(
             trainer.data_collator = CachedCollator(
                 trainer.data_collator, processor.tokenizer.pad_token_id, examples=sft_dataset(rows)
             )
-        _quiet_progress(trainer, live_dir)
+        quiet_progress(trainer, live_dir)
         _log_sharding(len(rows), settings, "SFT")
         trainer.train()
     return trainer.model
@@ -354,43 +224,12 @@ def train_dpo(
             args=_args(DPOConfig, settings, tmp, seed, beta=settings.beta),
             train_dataset=dpo_dataset(rows),
             processing_class=processor,
-            callbacks=[*_live_callbacks(live_dir, {"dpo": asdict(settings)}), *callbacks],
+            callbacks=[*live_callbacks(live_dir, {"dpo": asdict(settings)}), *callbacks],
         )
-        _quiet_progress(trainer, live_dir)
+        quiet_progress(trainer, live_dir)
         _log_sharding(len(rows), settings, "DPO")
         trainer.train()
     return trainer.model
-
-
-def _gathered_trainable(model) -> dict[str, torch.Tensor] | None:
-    """Full copies of the trainable parameters where a multi-process launch shards them (DeepSpeed ZeRO-3, FSDP2), for
-    rank 0 to save; None where every rank holds them whole (a plain run, DDP, ZeRO-2). A collective: every rank calls
-    it, in the same order."""
-    if world_size() == 1:
-        return None
-    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
-    if any(hasattr(p, "ds_id") for p in trainable.values()):  # ZeRO-3: each rank holds a slice of each parameter
-        import deepspeed
-
-        with deepspeed.zero.GatheredParameters(list(trainable.values())):
-            return {name: p.detach().cpu().clone() for name, p in trainable.items()}
-    from torch.distributed.tensor import DTensor
-
-    if any(isinstance(p, DTensor) for p in trainable.values()):  # FSDP2 shards each parameter as a DTensor
-        full = {name: p.full_tensor() if isinstance(p, DTensor) else p for name, p in trainable.items()}
-        return {name: p.detach().cpu() for name, p in full.items()}
-    return None
-
-
-def _finish_distributed() -> None:
-    """After the last training phase of a multi-process run: forget the ZeRO-3 config transformers keeps in a global,
-    so that a model rank 0 loads afterwards (the val calibration) is loaded whole, not partitioned over ranks that
-    have moved on."""
-    if world_size() == 1:
-        return
-    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
-
-    unset_hf_deepspeed_config()
 
 
 def _save_adapter(
@@ -402,24 +241,19 @@ def _save_adapter(
     max_image_pixels: int | None,
     prompt_version: str | None,
 ) -> None:
-    state_dict = _gathered_trainable(model)  # every rank takes part; only rank 0 writes
-    _finish_distributed()
+    state_dict = gathered_trainable(model)  # every rank takes part; only rank 0 writes
+    finish_distributed()
     if is_main_process():
         out = Path(out_dir)
         if out.exists():
             shutil.rmtree(out)
-        extra = {} if state_dict is None else {"state_dict": state_dict}  # a plain run saves exactly as before
+        # Only a sharded model passes its gathered weights: PEFT reads a whole model's own, the same tensors.
+        extra = {} if state_dict is None else {"state_dict": state_dict}
         model.save_pretrained(out, safe_serialization=True, selected_adapters=["default"], **extra)
         write_adapter_info(
             out, base=base, parent=parent, max_image_pixels=max_image_pixels, prompt_version=prompt_version
         )
-    _wait_for_all()  # so that on every rank the adapter is on disk when this returns
-
-
-def _wait_for_all() -> None:
-    """A barrier across the ranks of a multi-process run (nothing in a plain one)."""
-    if world_size() > 1 and torch.distributed.is_initialized():
-        torch.distributed.barrier()
+    wait_for_all()  # so that on every rank the adapter is on disk when this returns
 
 
 def run_stage1(
@@ -444,7 +278,7 @@ def run_stage1(
     if rows.is_empty() and not allow_empty:
         raise ValueError("Stage 1 has no training rows: no teacher answer parsed. Check data/answers/*/train.parquet")
     settings.check_hardware()  # before the (possibly 7B) model is loaded
-    _use_local_gpu()
+    use_local_gpu()
     model, processor = load_model(base, dtype=dtype, max_image_pixels=settings.max_image_pixels)
     if rows.is_empty():
         log.warning("no training rows: saving an untrained adapter (the base model's answers) to %s", out_dir)
@@ -517,7 +351,7 @@ def run_stage2(
         if run:
             phase.check_hardware()  # before the model is loaded
     max_image_pixels = settings.max_image_pixels or adapter_info(stage1).get("max_image_pixels")
-    _use_local_gpu()
+    use_local_gpu()
     model, processor = load_student(base, stage1, dtype=dtype, max_image_pixels=max_image_pixels)
     model = get_peft_model(model, lora_config(settings.lora))  # one new LoRA, trained by SFT then DPO
     if do_sft:

@@ -1,0 +1,2 @@
+"""Human labels where the teachers disagree: the annotation queue, Label Studio tasks, and the labels files
+that the DAG reads as gold (docs/annotation.md)."""
