@@ -185,7 +185,7 @@ def test_predict_command_on_each_architecture(stage2_run, world_dir, tmp_path, a
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["n"] == len(items) and summary["out"] == str(out)
     answers = pl.read_parquet(out)
-    assert answers.schema == pl.Schema(ANSWER_SCHEMA)
+    assert answers.schema == pl.Schema(ANSWER_SCHEMA | {"raw_score": pl.Float64})  # the score before calibration
     assert answers["id"].to_list() == items["id"].to_list()
     assert set(answers["status"]) <= {"ok", "unparsed"}
     assert answers["source"].to_list() == ["student"] * len(items)

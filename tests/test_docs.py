@@ -20,6 +20,7 @@ CONFIG_REFERENCE = DOCS / "config.md"
 MAX_README_LINES = 250
 README_SECTIONS = [
     "Quick start",
+    "What next",
     "Deploying the detector",
     "The method in stages and modules",
     "From the demo to real models",

@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from mmkd.evaluation.report import markdown_table
+from mmkd.evaluation.report import compact_table
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -12,8 +12,8 @@ README = (ROOT / "README.md").read_text()
 def test_readme_metrics_table_is_the_committed_run():
     evaluate = json.loads((ROOT / "metrics/evaluate.json").read_text())
     split = json.loads((ROOT / "metrics/split.json").read_text())
-    table = markdown_table(evaluate, split).strip()  # what `mmkd report --markdown` prints, labelling cost included
-    assert table in README, "README's demo table differs from metrics/evaluate.json; paste `mmkd report --markdown`"
+    table = compact_table(evaluate, split).strip()  # what `mmkd report --compact` prints, labelling cost included
+    assert table in README, "README's demo table differs from metrics/evaluate.json; paste `mmkd report --compact`"
 
 
 def test_quick_start_is_two_commands_matching_ci():

@@ -130,13 +130,13 @@ def _compose(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from mmkd.evaluation.report import html_report, markdown_table
+    from mmkd.evaluation.report import compact_table, html_report, markdown_table
 
-    if args.markdown:
+    if args.markdown or args.compact:
         evaluate = json.loads(Path("metrics/evaluate.json").read_text())
         split_file = Path("metrics/split.json")
         split = json.loads(split_file.read_text()) if split_file.exists() else None
-        sys.stdout.write(markdown_table(evaluate, split))
+        sys.stdout.write((compact_table if args.compact else markdown_table)(evaluate, split))
         return 0
     Path(args.out).write_text(html_report("."))
     print(args.out)
@@ -325,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
 
     r = sub.add_parser("report", help="an offline HTML report (metrics, confusion matrices, loss curves)")
     r.add_argument("--out", default="report.html")
-    r.add_argument("--markdown", action="store_true", help="print the metrics table as Markdown instead")
+    r.add_argument("--markdown", action="store_true", help="print the metrics tables as Markdown instead")
+    r.add_argument("--compact", action="store_true", help="print one compact Markdown table (the README's)")
     r.set_defaults(func=_report)
 
     o = sub.add_parser(

@@ -108,6 +108,35 @@ def cross_dataset(evaluate: dict) -> tuple[list[str], list[tuple[str, list[str]]
     return columns, rows
 
 
+COMPACT_HEAD = "| model | accuracy (%) | 95 % CI | AUROC | ECE raw -> calibrated on val |"
+
+
+def compact_table(evaluate: dict, split: dict | None = None) -> str:
+    """One table for the README's first screen: each system's test accuracy with its Wilson interval, AUROC and
+    ECE before and after the val-fitted score calibration, then the labelling cost (the full tables: docs/demo.md,
+    ``markdown_table``)."""
+    extra = sorted(evaluate.get("test_sets") or {})
+    head = COMPACT_HEAD + "".join(f" on {s} (%) |" for s in extra) + "\n|---|" + "---:|" * (4 + len(extra)) + "\n"
+    rows = []
+    for name, m in metrics_rows(evaluate):
+        ece = (
+            "-"
+            if m.get("ece") is None
+            else f"{m['ece']:.3f} -> " + ("-" if m.get("ece_calibrated") is None else f"{m['ece_calibrated']:.3f}")
+        )
+        auroc = "-" if m.get("auroc") is None else f"{m['auroc']:.3f}"
+        cells = [_fmt(m.get("accuracy")), _fmt(m.get("accuracy_ci95")), auroc, ece]
+        cells += [_fmt(dict(metrics_rows(evaluate["test_sets"][s])).get(name, {}).get("accuracy")) for s in extra]
+        rows.append(f"| {name} | " + " | ".join(cells) + " |\n")
+    table = head + "".join(rows)
+    if split:
+        table += (
+            f"\nGold labels read: {split['gold_labels_read']} of {split['n_items']} training items "
+            f"({_fmt(split['labelled_fraction'])}%).\n"
+        )
+    return table
+
+
 def markdown_table(evaluate: dict, split: dict | None = None) -> str:
     """The metrics table (accuracies in %, with the Wilson 95 % interval) as Markdown, then Stage 2 against the
     others (paired), then the labelling cost."""
