@@ -39,6 +39,7 @@ def main() -> None:
         )
     except SchemaError as exc:  # gold labels missing: before any training, with what to do
         raise SystemExit(f"split: {exc}") from None
+    paths.BASELINE_SPLITS.mkdir(parents=True, exist_ok=True)  # an output even when every baseline is switched off
     for baseline, written in tables.items():
         for table, path in zip(written, paths.split_tables(baseline), strict=True):
             path.parent.mkdir(parents=True, exist_ok=True)

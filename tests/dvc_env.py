@@ -54,7 +54,15 @@ def pipeline_repo(root: Path, repo: Path, params: dict) -> Path:
     ``root``, with ``params`` (composed by the test) as params.yaml."""
     shutil.copy2(root / "dvc.yaml", repo / "dvc.yaml")
     # with the folders the checkout tracks that are deps of the DAG: the labels files, the (empty) test-set roots
-    for folder in ("stages", "src", "conf", "annotation/labels", "data/test_sets", "data/test_gold"):
+    for folder in (
+        "stages",
+        "src",
+        "conf",
+        "annotation/labels",
+        "data/test_sets",
+        "data/test_gold",
+        "models/baselines",
+    ):
         shutil.copytree(root / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run_ok(repo, "git", "init", "-q")
