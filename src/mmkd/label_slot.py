@@ -62,13 +62,19 @@ def falsified_probability(logprobs: dict[str, float]) -> float | None:
     return 1.0 / (1.0 + math.exp(min(pristine - falsified, 700.0)))
 
 
-def generated_score(tokenizer, answer_ids: list[int], step_logits) -> float | None:
-    """P(falsified) of a generated answer: ``answer_ids`` are the new tokens, ``step_logits[i]`` the logits that
-    chose token ``i`` (what ``generate(output_logits=True)`` returns for one row)."""
+def slot_and_label_ids(tokenizer, answer_ids: list[int]) -> tuple[int, dict[str, int]] | None:
+    """Where an answer's label slot is and each label's token there; None when the answer has no readable slot."""
     slot = slot_index(tokenizer, answer_ids)
     if slot is None:
         return None
     ids = label_token_ids(tokenizer, tokenizer.decode(answer_ids[:slot], skip_special_tokens=True))
-    if ids is None:
+    return None if ids is None else (slot, ids)
+
+
+def generated_score(tokenizer, answer_ids: list[int], step_logits) -> float | None:
+    """P(falsified) of a generated answer: ``answer_ids`` are the new tokens, ``step_logits[i]`` the logits that
+    chose token ``i`` (what ``generate(output_logits=True)`` returns for one row)."""
+    if (found := slot_and_label_ids(tokenizer, answer_ids)) is None:
         return None
+    slot, ids = found
     return falsified_probability({label: float(step_logits[slot][i]) for label, i in ids.items()})

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
-from mmkd.label_slot import falsified_probability, generated_score, label_token_ids, slot_index
+from mmkd.label_slot import falsified_probability, generated_score, slot_and_label_ids
 from mmkd.modeling import user_turn
 
 __all__ = ["generated_score", "label_score"]
@@ -30,12 +30,9 @@ def label_score(model, processor, prompt: str, image: Image.Image, answer: str) 
     # that ends in white space ("ASSISTANT: ") has that space merged into the answer's first word (" Label").
     prompt_len = next((i for i, (a, b) in enumerate(zip(prompt_ids, ids, strict=False)) if a != b), len(prompt_ids))
     answer_ids = ids[prompt_len:]
-    slot = slot_index(tokenizer, answer_ids)
-    if slot is None:
+    if (found := slot_and_label_ids(tokenizer, answer_ids)) is None:
         return None
-    ids = label_token_ids(tokenizer, tokenizer.decode(answer_ids[:slot], skip_special_tokens=True))
-    if ids is None:
-        return None
+    slot, ids = found
     model.eval()
     logits = model(**enc).logits[0, prompt_len + slot - 1]  # predicts the token at the slot
     return falsified_probability({label: float(logits[i]) for label, i in ids.items()})

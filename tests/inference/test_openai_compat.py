@@ -335,7 +335,7 @@ def test_no_slot_or_unreadable_logprobs_give_no_score(logprobs):
 
 def test_the_slot_is_the_one_mmkd_scoring_finds():
     """The same token as ``mmkd.scoring.slot_index`` on the same tokens (a tokenizer that decodes by joining)."""
-    from mmkd.scoring import slot_index
+    from mmkd.label_slot import slot_index
 
     class Joining:
         def __init__(self, tokens):

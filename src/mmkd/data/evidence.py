@@ -94,7 +94,8 @@ def clean_text(text: str, max_chars: int, changes: Counter | None = None) -> str
     return cut(cleaned.text, max_chars)
 
 
-def _distinct(texts: Iterable[object], limit: int, max_chars: int, changes: Counter) -> list[str]:
+def distinct_texts(texts: Iterable[object], limit: int, max_chars: int, changes: Counter) -> list[str]:
+    """Up to ``limit`` distinct, cleaned texts, each cut to ``max_chars``; what was dropped or cut is counted."""
     out, seen = [], set()
     for text in texts:
         if not isinstance(text, str):
@@ -130,8 +131,8 @@ def evidence_from_annotation(annotation: dict, limits: EvidenceLimits) -> Eviden
     texts = [c for page in pages for c in _page_captions(page)] + [page.get("title") for page in titled]
     changes: Counter = Counter()
     return Evidence(
-        entities=_distinct(entities, limits.max_entities, limits.max_chars, changes),
-        captions=_distinct(texts, limits.max_captions, limits.max_chars, changes),
+        entities=distinct_texts(entities, limits.max_entities, limits.max_chars, changes),
+        captions=distinct_texts(texts, limits.max_captions, limits.max_chars, changes),
         cleaned=dict(changes),
     )
 

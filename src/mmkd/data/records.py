@@ -260,7 +260,8 @@ class SplitWriter:
     def flush(self) -> None:
         gold_only = set(self.gold_schema) - {"id"}
         items = items_frame([{k: v for k, v in r.items() if k not in gold_only} for r in self.rows])
-        gold = pl.DataFrame([{k: r[k] for k in self.gold_schema} for r in self.rows], schema=self.gold_schema)
+        labelled = [r for r in self.rows if r.get("gold_label") is not None]  # an unlabeled item has no gold row
+        gold = pl.DataFrame([{k: r[k] for k in self.gold_schema} for r in labelled], schema=self.gold_schema)
         for path, frame in ((self.items_file, items), (self.gold_file, gold)):
             table = frame.to_arrow()
             if path not in self.writers:

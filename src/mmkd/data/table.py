@@ -43,12 +43,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-import polars as pl
-import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from mmkd.data import PrepareInputError, Problem
-from mmkd.data.evidence import EVIDENCE_CLEANED, EVIDENCE_UNREADABLE, EvidenceLimits, _distinct
+from mmkd.data.evidence import EVIDENCE_CLEANED, EVIDENCE_UNREADABLE, EvidenceLimits, distinct_texts
 from mmkd.data.raw_paths import BAD_PATH, Root
 from mmkd.data.records import (
     IMAGES_DIR,
@@ -63,7 +61,7 @@ from mmkd.data.records import (
 )
 from mmkd.data.staging import check_apart, staged_folder
 from mmkd.data.table_rows import TableRow, open_table, table_format
-from mmkd.schema import FALSIFIED, LABELS, PRISTINE, items_frame
+from mmkd.schema import FALSIFIED, LABELS, PRISTINE
 
 log = logging.getLogger(__name__)
 
@@ -132,21 +130,6 @@ def assign_split(item_id: str, fractions: dict[str, float], seed: int) -> str:
         if point < total:
             return split
     return split  # fractions that add up to 1 within rounding: the last split takes what is left
-
-
-class _Writer(SplitWriter):
-    """A split's items and the gold labels of those that have one: an unlabeled item has no gold row."""
-
-    def flush(self) -> None:
-        items = items_frame([{k: v for k, v in r.items() if k != "gold_label"} for r in self.rows])
-        labelled = [{"id": r["id"], "gold_label": r["gold_label"]} for r in self.rows if r["gold_label"] is not None]
-        gold = pl.DataFrame(labelled, schema=self.gold_schema)
-        for path, frame in ((self.items_file, items), (self.gold_file, gold)):
-            table = frame.to_arrow()
-            if path not in self.writers:
-                self.writers[path] = pq.ParquetWriter(path, table.schema)
-            self.writers[path].write_table(table)
-        self.rows = []
 
 
 @dataclass
@@ -254,7 +237,7 @@ class _Preparer:
             return None, self.problem(EVIDENCE_UNREADABLE, detail, fix)
         limits, changes = self.settings.evidence_limits, Counter()
         limit = limits.max_entities if column == "evidence_entities" else limits.max_captions
-        texts = _distinct(value, limit, limits.max_chars, changes)
+        texts = distinct_texts(value, limit, limits.max_chars, changes)
         if not changes:
             return texts, None
         detail = (
@@ -296,7 +279,7 @@ def prepare_table(settings: TableSettings, out_dir: str | Path) -> dict:
         (build / IMAGES_DIR).mkdir()
         report = Report(report_file)
         preparer = _Preparer(settings, root, build, table.columns)
-        writers = {split: _Writer(build, split) for split in splits}
+        writers = {split: SplitWriter(build, split) for split in splits}
         for row in tqdm(table.rows, desc=f"prepare {preparer.source}", unit=" rows"):
             read += 1
             outcome = preparer.outcome(row)
