@@ -30,6 +30,11 @@ from mmkd.training.rows import with_prompts
 # What load_model does before it loads a processor; some tests call AutoProcessor.from_pretrained directly.
 register_processor_plugins()
 
+# One torch thread in the test process: the end-to-end pipelines run beside the tests (tests/test_pipeline_e2e.py),
+# and on a 2-core machine a two-thread torch that shares its cores stalls at every op's barrier (tiny models run
+# many tiny ops). Stages in subprocesses pin their own count (mmkd.numerics).
+torch.set_num_threads(1)
+
 # The slow tier (`-m slow`; the fast one is `-m "not slow"`, docs/developing.md): tests with these markers, tests
 # that use a fixture that trains, and the tests below, each more than a few seconds (measured with --durations).
 # A new slow test says so itself, with @pytest.mark.slow.
@@ -64,8 +69,14 @@ SLOW_TESTS = (  # node-id prefixes: a whole module, or a test and its parameters
 )
 
 
+# Tests that need an optional component (a server or browser in a venv or package of its own). They run last, so
+# that under .ci/run, which installs the components beside the tests, the install has the whole run to finish
+# (tests/optional_installs.py).
+OPTIONAL_MARKERS = ("vllm", "label_studio")
+
+
 def pytest_collection_modifyitems(config, items):
-    """Mark the slow tier (see SLOW_MARKERS)."""
+    """Mark the slow tier (see SLOW_MARKERS), and move the tests that need an optional component to the end."""
     for item in items:
         if (
             any(item.get_closest_marker(m) for m in SLOW_MARKERS)
@@ -73,6 +84,13 @@ def pytest_collection_modifyitems(config, items):
             or item.nodeid.startswith(SLOW_TESTS)
         ):
             item.add_marker(pytest.mark.slow)
+    items[:] = optional_last(items)
+
+
+def optional_last(items: list[pytest.Item]) -> list[pytest.Item]:
+    """``items`` with those marked by one of OPTIONAL_MARKERS moved to the end; each part keeps its order (so the
+    tests of one module, tests/test_pipeline_e2e.py's included, still run in file order among themselves)."""
+    return sorted(items, key=lambda item: any(item.get_closest_marker(m) for m in OPTIONAL_MARKERS))  # stable
 
 
 @pytest.fixture(scope="session", autouse=True)

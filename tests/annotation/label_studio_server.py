@@ -2,8 +2,9 @@
 repository whose queue people label there.
 
 Found in its own venv: ``MMKD_LABEL_STUDIO`` (the venv folder, its ``bin/`` or its python; ``.ci/run`` installs
-it), else ``~/.cache/mmkd/label-studio-1.23.2``. Started on 127.0.0.1 (it binds 0.0.0.0 unless told), offline (no
-version check, analytics or Sentry), in a temporary data folder with SQLite.
+it, beside the tests, which wait for it: tests/optional_installs.py), else ``~/.cache/mmkd/label-studio-1.23.2``.
+Started on 127.0.0.1 (it binds 0.0.0.0 unless told), offline (no version check, analytics or Sentry), in a temporary
+data folder with SQLite.
 
 Authentication: Label Studio 1.23 turns legacy API tokens off, so each person signs up through the web form and
 keeps the session cookie; API calls carry it with the CSRF token in ``X-CSRFToken``, as the web app does.
@@ -49,8 +50,17 @@ class LabelStudioUnavailable(RuntimeError):
     """Label Studio is not installed, or did not start: the tests that need it skip with this reason."""
 
 
-def find_venv() -> Path:
-    """The venv Label Studio is installed in (``MMKD_LABEL_STUDIO``, else the default); raises when absent."""
+def find_venv(wait: bool = True) -> Path:
+    """The venv Label Studio is installed in (``MMKD_LABEL_STUDIO``, else the default); raises when absent.
+
+    With ``wait``, under ``.ci/run`` it first waits for the install running beside the tests, and raises with the
+    reason when that failed; the install itself, which runs this file, does not wait for itself."""
+    if wait:
+        from optional_installs import install_problem  # tests/ is on the path under pytest, not for the __main__
+
+        problem = install_problem("label-studio")
+        if problem:
+            raise LabelStudioUnavailable(problem)
     given = os.environ.get(ENV_VAR)
     path = Path(given) if given else DEFAULT_VENV
     venv = path.parent.parent if path.is_file() else path.parent if path.name == "bin" else path
@@ -278,6 +288,6 @@ def wait_until_serving(proc: subprocess.Popen, log: Path) -> str:
 
 if __name__ == "__main__":  # make the migrated empty database ahead, so that the tests start in seconds
     try:
-        print(f"Label Studio's empty database: {empty_database(find_venv())}")
+        print(f"Label Studio's empty database: {empty_database(find_venv(wait=False))}")
     except LabelStudioUnavailable as exc:
         sys.exit(f"label_studio_server: {exc}")

@@ -8,12 +8,13 @@ Opt-out: without Label Studio's venv (``MMKD_LABEL_STUDIO``, see label_studio_se
 from __future__ import annotations
 
 import json
+import os
 import socket
 from pathlib import Path
 
 import pytest
 import yaml
-from label_studio_server import run_mmkd
+from label_studio_server import LabelStudioUnavailable, find_venv, run_mmkd
 
 from mmkd.annotation.labels import read_label_rows, resolve
 
@@ -33,6 +34,15 @@ def outside_address() -> str | None:
             return None
         address = probe.getsockname()[0]
     return None if address.startswith("127.") else address
+
+
+def test_under_ci_a_failed_install_is_the_reason_given(tmp_path, monkeypatch):
+    """The session fixture skips with what find_venv raises: under .ci/run, the failed install's own reason."""
+    (tmp_path / "label-studio.pid").write_text(str(os.getpid()))
+    (tmp_path / "label-studio.failed").write_text("pip failed")
+    monkeypatch.setenv("MMKD_OPTIONAL_STATUS", str(tmp_path))
+    with pytest.raises(LabelStudioUnavailable, match="could not install label-studio: pip failed"):
+        find_venv()
 
 
 def test_label_studio_listens_on_loopback_only(label_studio):

