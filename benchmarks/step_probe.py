@@ -1,7 +1,8 @@
 """How fast does this machine train a demo model right now? A probe to read cold-repro timings against.
 
-Bootstraps ``teacher_qwen`` alone (not beside the group's other models) from the committed ``params.yaml`` for a
-fixed number of steps on the world in ``data.dir`` (run ``dvc repro world@demo`` or ``dvc pull`` first) and prints
+Bootstraps ``teacher_qwen`` alone (not beside the group's other models), with its settings in ``conf/`` composed
+with ``bootstrap=<group>`` (the default config ships the models and trains none), for a fixed number of steps on
+the world in ``data.dir`` (run ``dvc repro world@demo`` or ``dvc pull`` first) and prints
 the wall time (building the model included, about 2 s) for each torch thread count asked for.
 Shared hosts change speed from hour to hour; the cold ``dvc repro`` time (see
 ``repro_benchmark.py``) moves with this number, since training is most of it.
@@ -18,8 +19,8 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
+from mmkd.cli import compose
 from mmkd.demo.bootstrap import BootstrapSettings, bootstrap_model
 from mmkd.stage_io import seed_everything
 
@@ -31,9 +32,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--threads", type=int, nargs="+", default=[torch.get_num_threads()])
     parser.add_argument("--model", default="teacher_qwen", help="a model of params.yaml's bootstrap.<group>.models")
-    parser.add_argument("--group", default="demo", help="the bootstrap group it is in")
+    parser.add_argument("--group", default="demo", help="the bootstrap group it is in (conf/bootstrap/<group>.yaml)")
     args = parser.parse_args()
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = compose([f"bootstrap={args.group}"], ROOT / "conf")
     world = ROOT / params["data"]["dir"]
     if not (world / "bootstrap.parquet").exists():
         raise SystemExit(f"{world}/bootstrap.parquet is missing: run `dvc repro world@demo` (or `dvc pull`) first")

@@ -7,7 +7,14 @@ import math
 import pytest
 
 from mmkd.cli import main
-from mmkd.evaluation.experiments import curve_svg, label_efficiency, runs_from_show, summarize
+from mmkd.evaluation.experiments import (
+    comparisons,
+    comparisons_markdown,
+    curve_svg,
+    label_efficiency,
+    runs_from_show,
+    summarize,
+)
 
 
 def evaluate(stage2: float, teachers=(0.70, 0.78), majority=0.72, full=None) -> dict:
@@ -16,7 +23,7 @@ def evaluate(stage2: float, teachers=(0.70, 0.78), majority=0.72, full=None) -> 
         "stage2": {"accuracy": stage2},
         "teachers": {f"t{i}": {"accuracy": a} for i, a in enumerate(teachers)},
         "baselines": {"majority_vote": {"accuracy": majority}},
-        "significance": {"stage2_vs_stage1": {"accuracy_diff": 0.01}},
+        "significance": {"stage2_vs_stage1": compared(0.01, 2, 1, 1.0)},
     }
     if full is not None:
         out["baselines"]["full_supervision"] = {"accuracy": full}
@@ -113,3 +120,95 @@ def test_no_runs_is_a_clear_error(tmp_path):
     (tmp_path / "show.json").write_text(json.dumps(show(rev("queued", params(0), None))))
     with pytest.raises(SystemExit, match="no experiment with metrics/evaluate.json"):
         main(["summarize", "--show-json", str(tmp_path / "show.json")])
+
+
+def compared(diff: float, only_system: int, only_other: int, p: float) -> dict:
+    """One entry of ``metrics/evaluate.json``'s ``significance``."""
+    return {"accuracy_diff": diff, "mcnemar_p": p, "only_system_right": only_system, "only_other_right": only_other}
+
+
+def with_tests(stage2: float, tests: dict) -> dict:
+    return evaluate(stage2) | {"significance": tests}
+
+
+def test_comparisons_are_reported_per_seed_and_pooled_with_a_verdict():
+    records = show(
+        rev("s0", params(0), with_tests(0.80, {
+            "stage2_vs_stage1": compared(0.02, 8, 0, 0.0078125),
+            "stage2_vs_best_teacher (t1)": compared(0.01, 5, 1, 0.21875),
+            "stage2_vs_random_budget": compared(0.03, 12, 0, 0.00048828125),
+        }), read=90),
+        rev("s1", params(1), with_tests(0.81, {
+            "stage2_vs_stage1": compared(0.01, 3, 1, 0.625),
+            "stage2_vs_best_teacher (t1)": compared(-0.005, 2, 4, 0.6875),
+            "stage2_vs_random_budget": compared(-0.0025, 1, 2, 1.0),
+        }), read=90),
+        rev("s2", params(2), with_tests(0.82, {
+            "stage2_vs_stage1": compared(0.005, 2, 0, 0.5),
+            "stage2_vs_best_teacher (t0)": compared(0.0, 0, 0, 1.0),
+            "stage2_vs_random_budget": compared(0.02, 8, 0, 0.0078125),
+        }), read=90),
+    )  # fmt: skip
+    rows = {r["comparison"]: r for r in comparisons(runs_from_show(records))}
+    assert set(rows) == {"stage2_vs_stage1", "stage2_vs_best_teacher", "stage2_vs_random_budget"}
+
+    every = rows["stage2_vs_stage1"]  # higher on every seed, and pooled
+    assert every["accuracy_diff_mean"] == pytest.approx(0.035 / 3)
+    assert every["accuracy_diff_sd"] == pytest.approx(math.sqrt(0.00011666666 / 2))  # squared deviations' sum / 2
+    # pooled discordant items: 13 only Stage 2 right, 1 only Stage 1 right; p = 2 (1 + 14) / 2^14
+    assert (every["pooled_only_system_right"], every["pooled_only_other_right"]) == (13, 1)
+    assert every["pooled_mcnemar_p"] == pytest.approx(30 / 16384)
+    assert every["holds_on_every_seed"] and every["significant_pooled"] and every["verdict"] == "higher"
+    assert [r["seed"] for r in every["per_run"]] == [0, 1, 2]
+
+    neither = rows["stage2_vs_best_teacher"]  # one seed each way: 7 / 5 pooled, p = 2 * 1586 / 4096
+    assert neither["pooled_mcnemar_p"] == pytest.approx(3172 / 4096)
+    assert not neither["holds_on_every_seed"] and not neither["significant_pooled"]
+    assert neither["verdict"] == "not shown"
+    assert [r["against"] for r in neither["per_run"]] == ["t1", "t1", "t0"]  # the best teacher of each run
+
+    pooled = rows["stage2_vs_random_budget"]  # lower on one seed, but 21 / 2 pooled: p = 2 (1 + 23 + 253) / 2^23
+    assert pooled["pooled_mcnemar_p"] == pytest.approx(554 / 2**23)
+    assert not pooled["holds_on_every_seed"] and pooled["significant_pooled"] and pooled["verdict"] == "higher"
+
+    table = comparisons_markdown(list(rows.values()))
+    assert "| stage2_vs_stage1 | +1.2 ± 0.8 | s0 +2.0 (p 0.0078), s1 +1.0 (p 0.62), s2 +0.5 (p 0.5) | yes |" in table
+    assert "| 7 / 5, p 0.77 | not shown |" in table
+
+
+def test_one_run_never_holds_on_every_seed():
+    records = show(rev("s0", params(0), with_tests(0.80, {"stage2_vs_stage1": compared(0.02, 3, 0, 0.25)})))
+    (row,) = comparisons(runs_from_show(records))
+    assert row["accuracy_diff_sd"] is None and not row["holds_on_every_seed"] and row["verdict"] == "not shown"
+
+
+def test_summarize_writes_the_summary_as_a_metrics_file(tmp_path, capsys):
+    records = show(
+        rev("s0", params(0), with_tests(0.80, {"stage2_vs_stage1": compared(0.02, 8, 0, 0.0078125)}), read=90),
+        rev("s1", params(1), with_tests(0.84, {"stage2_vs_stage1": compared(0.01, 3, 1, 0.625)}), read=90),
+    )
+    (tmp_path / "show.json").write_text(json.dumps(records))
+    out = tmp_path / "metrics" / "seeds.json"
+    assert main(["summarize", "--show-json", str(tmp_path / "show.json"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| stage2 | 82.0 ± 2.8 | 2 |" in printed and "| stage2_vs_stage1 | +1.5 ± 0.7 |" in printed
+    written = json.loads(out.read_text())
+    assert written["runs"] == [{"name": "s0", "seed": 0}, {"name": "s1", "seed": 1}]
+    (comparison,) = written["comparisons"]
+    assert comparison["pooled_mcnemar_p"] == pytest.approx(2 * 13 / 2**12)  # 11 / 1: 2 (1 + 12) / 2^12
+    assert comparison["verdict"] == "higher"  # both seeds higher, and pooled
+    assert main(["summarize", "--from", str(out)]) == 0  # the committed file prints the same tables
+    assert capsys.readouterr().out == printed
+
+
+def test_the_curve_draws_an_error_bar_where_a_point_has_several_seeds():
+    records = show(
+        rev("c-s0", params(0, "conflict"), evaluate(0.80), read=90),
+        rev("c-s1", params(1, "conflict"), evaluate(0.84), read=90),
+        rev("r-s0", params(0, "random", 90), evaluate(0.76), read=90),
+    )
+    points, references = label_efficiency(runs_from_show(records))
+    svg = curve_svg(points, references)
+    assert svg.count('class="error-bar"') == 1  # the conflict point (two seeds); random has one
+    # the bar spans mean ± sd: 0.82 ± 0.0283, inside the drawn range
+    assert [p["accuracy_sd"] for p in points] == [pytest.approx(0.04 / math.sqrt(2)), None]

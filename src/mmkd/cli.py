@@ -203,10 +203,24 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 
 def _summarize(args: argparse.Namespace) -> int:
-    from mmkd.evaluation.experiments import summarize, summary_markdown
+    from mmkd.evaluation.experiments import comparisons, comparisons_markdown, summarize, summary_markdown
 
-    rows = summarize(_runs(args))
-    sys.stdout.write(json.dumps(rows, indent=1) + "\n" if args.json else summary_markdown(rows))
+    if args.from_file:  # a summary written before (e.g. the committed metrics/seeds.json): print it again
+        summary = json.loads(Path(args.from_file).read_text())
+    else:
+        runs = _runs(args)
+        summary = {
+            "runs": [{"name": r.name, "seed": r.params.get("seed")} for r in runs],
+            "systems": summarize(runs),
+            "comparisons": comparisons(runs),
+        }
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(summary, indent=1) + "\n")
+    if args.json:
+        sys.stdout.write(json.dumps(summary, indent=1) + "\n")
+    else:
+        sys.stdout.write(summary_markdown(summary["systems"]) + "\n" + comparisons_markdown(summary["comparisons"]))
     return 0
 
 
@@ -362,7 +376,9 @@ def main(argv: list[str] | None = None) -> int:
 
     m = sub.add_parser("summarize", help="mean ± sd of each system's test accuracy over experiments (e.g. seeds)")
     _experiment_args(m)
-    m.add_argument("--json", action="store_true", help="print JSON rows instead of a Markdown table")
+    m.add_argument("--json", action="store_true", help="print the summary as JSON instead of Markdown tables")
+    m.add_argument("--out", help="also write the summary as JSON here (a metrics file, e.g. metrics/seeds.json)")
+    m.add_argument("--from", dest="from_file", help="print a summary written by --out instead of reading experiments")
     m.set_defaults(func=_summarize)
 
     c = sub.add_parser("label-curve", help="the label-efficiency curve (Stage 2 vs gold labels read) from experiments")

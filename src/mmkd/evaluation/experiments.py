@@ -1,5 +1,12 @@
 """Summaries over DVC experiments: mean ± sd of each system's test accuracy over a set of runs (e.g. training
-seeds), and the label-efficiency curve (test accuracy of the final student against the gold labels it read).
+seeds), each paired comparison of ``metrics/evaluate.json`` per run and pooled, and the label-efficiency curve
+(test accuracy of the final student against the gold labels it read).
+
+A comparison's claim (``verdict``) is stated only where it ``holds on every seed`` (the difference has the same
+sign in every run, over at least two runs) or is ``significant pooled`` (McNemar's exact test on the discordant
+items summed over the runs, p < ``ALPHA``, in the direction of the mean difference); otherwise it is ``not shown``.
+Pooling sums counts on the same test items, so the runs are not independent samples of items: the pooled test
+says whether the seeds together show a difference on *these* items, not on new ones.
 
 Both read ``dvc exp show --json``: a list of baseline revisions, each with ``data`` (``params`` and ``metrics``,
 by file) and ``experiments`` (each with ``revs``). The runs are the commits (their committed metrics) and their
@@ -20,9 +27,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from mmkd.evaluation.significance import mcnemar_p
+
 EVALUATE, SPLIT = "metrics/evaluate.json", "metrics/split.json"
 REFERENCES = ("best_teacher", "baselines/majority_vote", "baselines/full_supervision")  # the curve's flat lines
 CURVE_COLUMNS = ("rule", "gold_labels_read", "labelled_fraction", "accuracy", "accuracy_sd", "runs")
+ALPHA = 0.05  # the pooled test's level for a claim
 
 
 @dataclass(frozen=True)
@@ -112,6 +122,80 @@ def summarize(runs: list[Run]) -> list[dict]:
     return rows
 
 
+def comparisons(runs: list[Run]) -> list[dict]:
+    """Each paired comparison in the runs' ``significance`` (e.g. ``stage2_vs_stage1``), over the runs that have it:
+    per run the difference, its McNemar p and discordant counts; the mean ± sd of the differences; the pooled
+    McNemar test on the summed discordant counts; and the verdict (module docstring). A comparison named with its
+    opponent, ``stage2_vs_best_teacher (teacher_qwen)``, is grouped by the part before the space, the opponent kept
+    per run."""
+    by_name: dict[str, list[dict]] = defaultdict(list)
+    for run in runs:
+        for key, test in (run.evaluate.get("significance") or {}).items():
+            name, _, against = key.partition(" (")
+            by_name[name].append(
+                {
+                    "run": run.name,
+                    "seed": run.params.get("seed"),
+                    "against": against.rstrip(")") or None,
+                    "accuracy_diff": test["accuracy_diff"],
+                    "mcnemar_p": test["mcnemar_p"],
+                    "only_system_right": test["only_system_right"],
+                    "only_other_right": test["only_other_right"],
+                }
+            )
+    rows = []
+    for name in sorted(by_name):
+        per_run = by_name[name]
+        diffs = [r["accuracy_diff"] for r in per_run]
+        mean, sd = mean_sd(diffs)
+        only_system = sum(r["only_system_right"] for r in per_run)
+        only_other = sum(r["only_other_right"] for r in per_run)
+        pooled_p = mcnemar_p(only_system, only_other)
+        every = len(per_run) > 1 and (all(d > 0 for d in diffs) or all(d < 0 for d in diffs))
+        pooled = pooled_p < ALPHA and (only_system - only_other) * mean > 0
+        rows.append(
+            {
+                "comparison": name,
+                "runs": len(per_run),
+                "accuracy_diff_mean": mean,
+                "accuracy_diff_sd": sd,
+                "per_run": per_run,
+                "pooled_only_system_right": only_system,
+                "pooled_only_other_right": only_other,
+                "pooled_mcnemar_p": pooled_p,
+                "holds_on_every_seed": every,
+                "significant_pooled": pooled,
+                "verdict": ("higher" if mean > 0 else "lower") if every or pooled else "not shown",
+            }
+        )
+    return rows
+
+
+def comparisons_markdown(rows: list[dict]) -> str:
+    """The comparisons as a Markdown table: differences in accuracy points, each run's with its McNemar p."""
+    lines = [
+        "| comparison | difference, mean ± sd (points) | per seed: difference (p) | every seed | pooled: only "
+        "system right / only other right, p | verdict |",
+        "|---|---:|---|:---:|---:|---|",
+    ]
+    for row in rows:
+        sd = f" ± {100 * row['accuracy_diff_sd']:.1f}" if row["accuracy_diff_sd"] is not None else ""
+        per_run = ", ".join(
+            ("" if r["seed"] is None else f"s{r['seed']} ") + f"{100 * r['accuracy_diff']:+.1f} ({_p(r['mcnemar_p'])})"
+            for r in row["per_run"]
+        )
+        lines.append(
+            f"| {row['comparison']} | {100 * row['accuracy_diff_mean']:+.1f}{sd} | {per_run} | "
+            f"{'yes' if row['holds_on_every_seed'] else 'no'} | {row['pooled_only_system_right']} / "
+            f"{row['pooled_only_other_right']}, {_p(row['pooled_mcnemar_p'])} | {row['verdict']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _p(p: float) -> str:
+    return f"p {p:.2g}" if p >= 1e-3 else "p < 0.001"
+
+
 def _system_order(name: str) -> tuple[int, str]:
     groups = ("teachers/", "best_teacher", "baselines/", "zero_shot", "stage1", "stage2")
     return next((i for i, g in enumerate(groups) if name.startswith(g)), len(groups)), name
@@ -184,12 +268,13 @@ COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 
 def curve_svg(points: list[dict], references: dict[str, float], *, width: int = 560, height: int = 340) -> str:
     """The label-efficiency plot as a self-contained SVG (renders offline): accuracy against gold labels read,
-    one line per rule, and a dashed line per reference."""
+    one line per rule with an error bar of ± 1 sd over the seeds at each point that has several, and a dashed
+    line per reference."""
     if not points:
         raise ValueError("no runs with Stage-2 metrics and a gold-label count: run the sweep first")
     left, right, top, bottom = 60, 210, 20, 45
     xs = [p["gold_labels_read"] for p in points]
-    ys = [p["accuracy"] for p in points] + list(references.values())
+    ys = [p["accuracy"] + k * (p["accuracy_sd"] or 0) for p in points for k in (-1, 1)] + list(references.values())
     x0, x1 = 0.0, max(xs) * 1.05 or 1.0
     y0, y1 = math.floor(min(ys) * 20) / 20, math.ceil(max(ys) * 20) / 20
     y1 = y1 if y1 > y0 else y0 + 0.05
@@ -240,6 +325,17 @@ def curve_svg(points: list[dict], references: dict[str, float], *, width: int = 
             f'<circle cx="{sx(p["gold_labels_read"]):.1f}" cy="{sy(p["accuracy"]):.1f}" r="3" fill="{colour}"/>'
             for p in line
         ]
+        for p in line:
+            if p["accuracy_sd"]:  # an error bar: ± 1 sd, with caps
+                x, low, high = (
+                    sx(p["gold_labels_read"]),
+                    sy(p["accuracy"] - p["accuracy_sd"]),
+                    sy(p["accuracy"] + p["accuracy_sd"]),
+                )
+                out.append(
+                    f'<path class="error-bar" d="M{x:.1f},{low:.1f}V{high:.1f}M{x - 4:.1f},{low:.1f}H{x + 4:.1f}'
+                    f'M{x - 4:.1f},{high:.1f}H{x + 4:.1f}" stroke="{colour}" fill="none"/>'
+                )
         x = width - right + 8
         out.append(
             f'<line x1="{x}" y1="{legend_y - 4}" x2="{x + 22}" y2="{legend_y - 4}" stroke="{colour}" '

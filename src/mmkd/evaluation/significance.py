@@ -6,7 +6,8 @@ on the same test items.
 - ``paired_bootstrap``: the difference of two systems' accuracies, with a percentile interval from resampling the
   test items with replacement (the same resampled items for both systems, so the pairing is kept); seeded.
 - ``mcnemar_exact``: McNemar's exact test on the discordant items (one system right, the other wrong): the
-  two-sided binomial p-value of the split, under the null that either system is as likely to be the right one.
+  two-sided binomial p-value of the split, under the null that either system is as likely to be the right one;
+  ``mcnemar_p`` is the same test from the two discordant counts (what ``mmkd summarize`` pools over seeds).
 """
 
 from __future__ import annotations
@@ -50,8 +51,14 @@ def mcnemar_exact(a: np.ndarray, b: np.ndarray) -> tuple[float, int, int]:
     """(two-sided exact p-value, items only ``a`` got right, items only ``b`` got right)."""
     a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
     only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    return mcnemar_p(only_a, only_b), only_a, only_b
+
+
+def mcnemar_p(only_a: int, only_b: int) -> float:
+    """McNemar's exact two-sided p-value from the discordant counts alone: twice the binomial(n, 1/2) tail at
+    min(only_a, only_b), capped at 1 (1 when no item is discordant). Pooling seeds sums their counts."""
     n, k = only_a + only_b, min(only_a, only_b)
     if n == 0:
-        return 1.0, only_a, only_b
+        return 1.0
     tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
-    return min(1.0, 2 * tail), only_a, only_b
+    return min(1.0, 2 * tail)
