@@ -212,3 +212,16 @@ def test_the_curve_draws_an_error_bar_where_a_point_has_several_seeds():
     assert svg.count('class="error-bar"') == 1  # the conflict point (two seeds); random has one
     # the bar spans mean ± sd: 0.82 ± 0.0283, inside the drawn range
     assert [p["accuracy_sd"] for p in points] == [pytest.approx(0.04 / math.sqrt(2)), None]
+
+
+def test_a_running_or_failed_experiment_is_left_out():
+    """While an experiment runs, `dvc exp show` lists it with the metrics its workspace started from (the commit's):
+    counted, they would pass for another seed's result."""
+    records = show(rev("s1", params(1), evaluate(0.84), read=90), rev("s2", params(2), evaluate(0.80), read=90))
+    experiments = records[1]["experiments"]
+    experiments[1]["executor"] = {"state": "running", "name": "dvc-task"}
+    experiments.append({"revs": [rev("s3", params(3), evaluate(0.80))], "name": "s3", "executor": {"state": "failed"}})
+    experiments.append(
+        {"revs": [rev("s4", params(4), evaluate(0.70))], "name": "s4", "executor": {"state": "success"}}
+    )
+    assert [r.name for r in runs_from_show(records)] == ["s1", "s4"]

@@ -9,10 +9,11 @@ Pooling sums counts on the same test items, so the runs are not independent samp
 says whether the seeds together show a difference on *these* items, not on new ones.
 
 Both read ``dvc exp show --json``: a list of baseline revisions, each with ``data`` (``params`` and ``metrics``,
-by file) and ``experiments`` (each with ``revs``). The runs are the commits (their committed metrics) and their
-experiments; the ``workspace`` entry is left out unless named (after ``dvc exp run`` it repeats the last
-experiment), and so is a run without ``metrics/evaluate.json`` (queued, failed). Runs with identical params are the
-same run (the pipeline is deterministic): each is counted once.
+by file) and ``experiments`` (each with ``revs`` and, while queued or running, an ``executor`` state). The runs are
+the commits (their committed metrics) and their finished experiments; the ``workspace`` entry is left out unless
+named (after ``dvc exp run`` it repeats the last experiment), and so is an experiment that is queued, running or
+failed (it shows the metrics its workspace started from) or has no ``metrics/evaluate.json``. Runs with identical
+params are the same run (the pipeline is deterministic): each is counted once.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import json
 import math
 import statistics
 import subprocess
+import sys
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -55,7 +57,12 @@ def runs_from_show(show: list[dict], names: Iterable[str] | None = None) -> list
     wanted = set(names) if names is not None else None
     found, seen = [], set()
     for baseline in show:
-        revs = [baseline] + [rev for exp in baseline.get("experiments") or [] for rev in exp.get("revs", [])]
+        revs = [baseline] + [
+            rev
+            for exp in baseline.get("experiments") or []
+            if ((exp.get("executor") or {}).get("state") or "success") == "success"
+            for rev in exp.get("revs", [])
+        ]  # a queued, running or failed experiment shows the metrics its workspace started from: not its own
         for rev in revs:
             name = rev.get("name") or rev.get("rev") or "?"
             data = rev.get("data") or {}
@@ -73,7 +80,8 @@ def runs_from_show(show: list[dict], names: Iterable[str] | None = None) -> list
 
 def dvc_exp_show(repo: str | Path = ".", *, all_commits: bool = False) -> list[dict]:
     """``dvc exp show --json`` of ``repo``: the experiments of the current commit, or of every commit."""
-    cmd = ["dvc", "exp", "show", "--json", *(["--all-commits"] if all_commits else [])]
+    # this interpreter's dvc: `mmkd` run from a venv that is not activated has no `dvc` on PATH
+    cmd = [sys.executable, "-m", "dvc", "exp", "show", "--json", *(["--all-commits"] if all_commits else [])]
     out = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, check=True)
     return json.loads(out.stdout)
 
