@@ -37,7 +37,9 @@ CI_DEFAULTS = {"data": "demo_ci", "bootstrap": "demo_ci", "teachers": "demo_thre
 # Stage 1's recipe (stage1, supervised@gold_only) for 4 epochs of the CI world's 2 batches, not the demo's 32, with
 # a loss logged every 2 steps: the tests check that every stage runs and what it writes, not how well the student
 # learns. Set in the copy's conf/config.yaml, so `dvc exp run` composes it too.
-FEWER_STEPS = {"stage1": {"train": {"epochs": 4, "logging_steps": 2}}}
+# One torch thread per stage (the demo pins two): the two cold runs go side by side beside the other tests on a 2-core
+# machine, and a two-thread run that shares its cores stalls at every op's barrier (tiny ops: many barriers).
+FEWER_STEPS = {"stage1": {"train": {"epochs": 4, "logging_steps": 2}}, "numerics": {"threads": 1}}
 TEACHERS = ("teacher_qwen", "teacher_llava", "teacher_third")
 STAGES = (
     "world@demo",
