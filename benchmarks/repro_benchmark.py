@@ -32,7 +32,7 @@ GIT_ID = {"GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@localhost"} | {
     "GIT_COMMITTER_EMAIL": "bench@localhost",
 }
 RUNNING = re.compile(r"Running stage '([^']+)'")
-TARGETS = {"cold repro": (600.0, 6.0), "no-op repro": (10.0, None)}  # seconds, GiB
+TARGETS = {"cold repro": (300.0, 6.0), "no-op repro": (10.0, None)}  # seconds, GiB (issue 28: a cold run in 5 min)
 
 
 def always_changed(dvc_yaml: Path) -> set[str]:
