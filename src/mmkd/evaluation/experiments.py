@@ -153,7 +153,7 @@ def comparisons(runs: list[Run]) -> list[dict]:
             )
     rows = []
     for name in sorted(by_name):
-        per_run = sorted(by_name[name], key=lambda r: (r["seed"] is None, str(r["seed"]).zfill(12)))  # by seed
+        per_run = sorted(by_name[name], key=lambda r: (r["seed"] is None, r["seed"] or 0))  # by seed, None last
         diffs = [r["accuracy_diff"] for r in per_run]
         mean, sd = mean_sd(diffs)
         only_system = sum(r["only_system_right"] for r in per_run)
