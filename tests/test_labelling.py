@@ -142,6 +142,41 @@ def test_previous_answers_are_reused_by_key_and_failures_never(tiny_models, worl
     assert longer.usage.requests == 4
 
 
+NO_TORCH_RUN = """
+import sys
+from mmkd.inference.answering import LabelTally, label_items
+from mmkd.labelling.backends import make_backend
+from mmkd.schema import read_answers, read_items
+items, previous, model = read_items(sys.argv[1]), read_answers(sys.argv[2]), sys.argv[3]
+tally = LabelTally()
+teacher = make_backend("llava", {"model": model, "prompt_version": "v1", "max_new_tokens": 8})
+label_items(teacher, items, source="llava", prompt_version="v1", previous=previous, tally=tally)
+print(tally.reused, tally.sent, "torch" in sys.modules, "transformers" in sys.modules)
+"""
+
+
+def test_a_run_with_every_answer_reused_never_imports_torch(tiny_models, world_dir, tmp_path):
+    """A labelling run that asks nothing (every answer reused, as in a no-op `dvc repro` of `label@*`) does not pay
+    for importing torch and transformers: in a fresh process, neither is imported; with one answer missing, both."""
+    import subprocess
+    import sys
+
+    items_file = tmp_path / "items.parquet"
+    items = read_items(world_dir / "test.parquet").head(3)
+    items.write_parquet(items_file)
+    params = {"model": str(tiny_models["llava"]), "prompt_version": PROMPT_VERSION, "max_new_tokens": 8}
+    teacher = make_backend("llava", params)
+    first = label_items(teacher, items, source="llava", prompt_version=PROMPT_VERSION, previous=answers_frame([]))
+    runs = {}
+    for name, previous in {"all": first, "one missing": first.head(2)}.items():
+        previous.write_parquet(tmp_path / f"{name}.parquet")
+        args = [sys.executable, "-c", NO_TORCH_RUN, str(items_file), str(tmp_path / f"{name}.parquet")]
+        done = subprocess.run([*args, str(tiny_models["llava"])], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs[name] = done.stdout.split()
+    assert runs == {"all": ["3", "0", "False", "False"], "one missing": ["2", "1", "True", "True"]}
+
+
 def test_shards_are_disjoint_stable_and_cover_every_item(world_dir):
     items = read_items(world_dir / "train.parquet")
     shards = [shard_items(items, i, 3) for i in range(3)]

@@ -89,14 +89,16 @@ class LocalBackend:
     def answer(
         self, requests: Iterable[InferenceRequest], on_reply: ReplyCallback | None = None
     ) -> list[InferenceReply]:
-        from mmkd.modeling import generate
-        from mmkd.scoring import generated_score
-
         replies: list[InferenceReply] = []
         size = self.config.batch_size
         # One batch at a time, taken from the stream as it is needed and reported when done.
         stream = iter(requests)
         while batch := list(itertools.islice(stream, size)):
+            # torch + transformers (about 2 s of CPU) only once there is something to ask: a run whose answers all
+            # come from the cache or the previous outputs never imports them
+            from mmkd.modeling import generate
+            from mmkd.scoring import generated_score
+
             answers = generate(
                 self.model,
                 self.processor,
