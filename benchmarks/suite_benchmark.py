@@ -2,7 +2,8 @@
 test counts and the slowest tests as a table. A guard against drift, not a timed test: read the numbers beside
 ``benchmarks/step_probe.py`` (shared hosts change speed from hour to hour) and docs/developing.md's table.
 
-    python benchmarks/suite_benchmark.py                   # the whole suite, 15 slowest
+    python benchmarks/suite_benchmark.py                   # the whole suite on 2 workers (-n 2), 15 slowest
+    python benchmarks/suite_benchmark.py --workers 0       # in one process
     python benchmarks/suite_benchmark.py --tier fast       # pytest -m "not slow"
     python benchmarks/suite_benchmark.py --top 10 -- tests/demo   # pytest arguments after --
 """
@@ -38,9 +39,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tier", choices=sorted(TIERS), default="all", help="all, fast (not slow) or slow")
     parser.add_argument("--top", type=int, default=15, help="how many of the slowest tests to list")
+    parser.add_argument("--workers", type=int, default=2, help="pytest-xdist workers (-n); 0: one process")
     parser.add_argument("pytest_args", nargs="*", help="more pytest arguments (after --), e.g. a folder")
     args = parser.parse_args()
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--durations={args.top}"]
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        f"--durations={args.top}",
+        "-n",
+        str(args.workers),
+    ]
     command += TIERS[args.tier] + args.pytest_args
     print(f"$ python {shlex.join(command[1:])}", flush=True)
     start = time.perf_counter()

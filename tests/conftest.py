@@ -17,6 +17,7 @@ import polars as pl
 import pytest
 import torch
 from answering_models import trained_like
+from scheduling import run_order, xdist_worker
 
 from mmkd.demo.bootstrap import corpus, teacher_target
 from mmkd.demo.tiny import ARCHITECTURES, build_tiny
@@ -69,14 +70,8 @@ SLOW_TESTS = (  # node-id prefixes: a whole module, or a test and its parameters
 )
 
 
-# Tests that need an optional component (a server or browser in a venv or package of its own). They run last, so
-# that under .ci/run, which installs the components beside the tests, the install has the whole run to finish
-# (tests/optional_installs.py).
-OPTIONAL_MARKERS = ("vllm", "label_studio")
-
-
 def pytest_collection_modifyitems(config, items):
-    """Mark the slow tier (see SLOW_MARKERS), and move the tests that need an optional component to the end."""
+    """Mark the slow tier (see SLOW_MARKERS), and order the tests (``run_order``)."""
     for item in items:
         if (
             any(item.get_closest_marker(m) for m in SLOW_MARKERS)
@@ -84,21 +79,19 @@ def pytest_collection_modifyitems(config, items):
             or item.nodeid.startswith(SLOW_TESTS)
         ):
             item.add_marker(pytest.mark.slow)
-    items[:] = optional_last(items)
-
-
-def optional_last(items: list[pytest.Item]) -> list[pytest.Item]:
-    """``items`` with those marked by one of OPTIONAL_MARKERS moved to the end; each part keeps its order (so the
-    tests of one module, tests/test_pipeline_e2e.py's included, still run in file order among themselves)."""
-    return sorted(items, key=lambda item: any(item.get_closest_marker(m) for m in OPTIONAL_MARKERS))  # stable
+    items[:] = run_order(items, distributed=xdist_worker() is not None)
 
 
 @pytest.fixture(scope="session", autouse=True)
 def e2e_pipeline_started(request, tmp_path_factory):
     """When a test of tests/test_pipeline_e2e.py is selected, its two cold pipeline runs start with the session, in
     the background, so that they overlap the tests before it (``test_pipeline_e2e.start_pipeline``); else None. A
-    failure to start is handed to that module's fixture, which raises it there, not in whichever test came first."""
-    if not any(item.path.name == "test_pipeline_e2e.py" for item in request.session.items):
+    failure to start is handed to that module's fixture, which raises it there, not in whichever test came first.
+    Under pytest-xdist, None: every worker collects every test, but only one runs that module, and it starts them
+    itself as the first module it runs (``run_order``)."""
+    if xdist_worker() is not None or not any(
+        item.path.name == "test_pipeline_e2e.py" for item in request.session.items
+    ):
         yield None
         return
     from test_pipeline_e2e import start_pipeline

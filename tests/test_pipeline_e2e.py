@@ -19,6 +19,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,17 +171,27 @@ def start_pipeline(root: Path) -> Started:
 
 
 @pytest.fixture(scope="module")
-def pipeline(e2e_pipeline_started, tmp_path_factory) -> Pipeline:
+def pipeline(e2e_pipeline_started, tmp_path_factory) -> Iterator[Pipeline]:
     """The committed CI-size repo once its first `dvc repro` has ended (its result is in first_repro), the results
-    committed as a user would: the experiments' baseline."""
-    started = e2e_pipeline_started or start_pipeline(tmp_path_factory.mktemp("pipeline"))
+    committed as a user would: the experiments' baseline.
+
+    The two runs started with the session (tests/conftest.py), or, under pytest-xdist (``-n 2``), here: this module
+    is the first its worker runs (tests/scheduling.py's ``run_order``), so they start as the session does there
+    too, and the other worker runs the rest of the suite beside them."""
+    started, own = e2e_pipeline_started, e2e_pipeline_started is None
+    if own:
+        started = start_pipeline(tmp_path_factory.mktemp("pipeline"))
     if isinstance(started, BaseException):  # raised as the session started: fail (or skip) these tests with it
         raise started
-    pipeline = Pipeline(started.repo, started.env, first_repro=started.first.result(), cold=started.cold)
-    if pipeline.first_repro.returncode == 0:
-        git(pipeline, "add", "-A")
-        git(pipeline, "commit", "-q", "-m", "dvc repro")
-    return pipeline
+    try:
+        pipeline = Pipeline(started.repo, started.env, first_repro=started.first.result(), cold=started.cold)
+        if pipeline.first_repro.returncode == 0:
+            git(pipeline, "add", "-A")
+            git(pipeline, "commit", "-q", "-m", "dvc repro")
+        yield pipeline
+    finally:
+        if own:
+            started.stop()
 
 
 @pytest.fixture

@@ -37,5 +37,5 @@ def test_quick_start_is_two_commands_matching_ci():
     block = README.split("## Quick start", 1)[1].split("```bash", 3)
     install, tests = block[1].split("```")[0].strip(), block[2].split("```")[0].strip()
     assert install.endswith("dvc repro") and "pip install -e" in install
-    assert tests.endswith("python -m pytest -q")
-    assert "python -m pytest -q" in (ROOT / ".ci/run").read_text()
+    assert tests.endswith("python -m pytest -q -n 2")
+    assert '"$VENV_PY" -m pytest -q -n 2 ' in (ROOT / ".ci/run").read_text()

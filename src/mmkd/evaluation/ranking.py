@@ -22,7 +22,9 @@ were used.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
+# scikit-learn's metrics are imported where they are used: loading sklearn.metrics costs about 1 s of CPU, and the
+# training stages import this module only for ``choose_threshold``.
 
 ECE_BINS = 10
 
@@ -40,11 +42,15 @@ def _arrays(scores, labels) -> tuple[np.ndarray, np.ndarray]:
 
 
 def auroc(scores, labels) -> float | None:
+    from sklearn.metrics import roc_auc_score
+
     s, y = _arrays(scores, labels)
     return float(roc_auc_score(y, s)) if len(np.unique(y)) == 2 else None
 
 
 def auprc(scores, labels) -> float | None:
+    from sklearn.metrics import average_precision_score
+
     s, y = _arrays(scores, labels)
     return float(average_precision_score(y, s)) if y.sum() > 0 else None
 
@@ -98,6 +104,8 @@ def ranking_metrics(scores, labels) -> dict:
 
 def roc_points(scores, labels) -> list[tuple[float, float, float]]:
     """(false-positive rate, true-positive rate, threshold) along the ROC curve; empty when it is undefined."""
+    from sklearn.metrics import roc_curve
+
     s, y = _arrays(scores, labels)
     if len(np.unique(y)) < 2:
         return []
