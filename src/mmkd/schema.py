@@ -134,6 +134,12 @@ def read_gold(path: str | Path) -> pl.DataFrame:
     path = Path(path)
     raw = pl.read_parquet(path)
     df = _conform(raw, GOLD_CLASS_SCHEMA if "gold_class" in raw.columns else GOLD_SCHEMA, path)
+    missing = df.filter(pl.col("gold_label").is_null())  # `is_in` is null there, and a filter drops nulls
+    if len(missing):
+        raise SchemaError(
+            f"{path}: {len(missing)} item(s) have no gold_label (null), e.g. {missing['id'][0]!r}; give each one of "
+            f"{LABELS}, or leave its row out (a gold file holds only labelled items)"
+        )
     bad = df.filter(~pl.col("gold_label").is_in(LABELS))
     if len(bad):
         raise SchemaError(
