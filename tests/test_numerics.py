@@ -154,6 +154,10 @@ def test_a_pinned_stage_runs_avx2_kernels_and_logs_them(pinned_repo):
     assert profile["cpu_capability"] == "AVX2" and profile["threads"] == 2
     assert profile["pinned"] == PINNED and profile["env"]["MKL_CBWR"] == "AVX2"
     assert profile["cpu"] and re.fullmatch(r"\d+\.\d+.*", profile["torch"]) and profile["mkl"] and profile["onednn"]
+    # numpy's own SIMD kernels too: on an AVX-512 host it would dispatch to X86_V4 / AVX512_* targets unpinned
+    assert isinstance(profile["numpy_simd"], list), profile
+    assert [t for t in profile["numpy_simd"] if "512" in t or t == "X86_V4"] == [], profile["numpy_simd"]
+    assert profile["env"]["OPENBLAS_CORETYPE"] == "Haswell"
 
 
 def test_unpinned_numerics_set_nothing_and_a_bad_isa_is_a_message():

@@ -26,13 +26,40 @@ from mmkd.stage_io import read_params
 
 log = logging.getLogger(__name__)
 
+# numpy's own SIMD kernels (exp, log, tanh, sums, ...) are chosen at import from what the CPU offers, and give other
+# last bits on an AVX-512 host than on an AVX2 one (measured: np.exp/log/tanh of 100k values). These are the
+# dispatch targets above AVX2, by numpy >= 2.3's names (X86_V4, AVX512_*) and by older ones; numpy ignores names it
+# does not know, and cannot disable its baseline (SSE4.2 for numpy 2.x), so ``default`` caps it at the baseline.
+NUMPY_ABOVE_AVX2 = (
+    "X86_V4 AVX512_ICL AVX512_SPR AVX512F AVX512CD AVX512_KNL AVX512_KNM AVX512_SKX AVX512_CLX AVX512_CNL"
+)
+NUMPY_ABOVE_BASELINE = "X86_V3 AVX AVX2 F16C FMA3 " + NUMPY_ABOVE_AVX2
+
 # What each ``numerics.isa`` sets: ATen's CPU capability, MKL's conditional numerical reproducibility (its code
-# path, whatever the CPU) and oneDNN's instruction-set cap. ``default`` is ATen's scalar kernels: slower, for hosts
-# without AVX2.
+# path, whatever the CPU), oneDNN's instruction-set cap, numpy's SIMD dispatch and the OpenBLAS kernels numpy's
+# linear algebra uses (OpenBLAS otherwise picks them by CPU model). ``default`` is ATen's scalar kernels: slower,
+# for hosts without AVX2. ``avx512`` lets numpy pick its own (it cannot be told to use a target).
 ISA_ENV = {
-    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
-    "avx512": {"ATEN_CPU_CAPABILITY": "avx512", "MKL_CBWR": "AVX512", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE"},
-    "default": {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "SSE41"},
+    "avx2": {
+        "ATEN_CPU_CAPABILITY": "avx2",
+        "MKL_CBWR": "AVX2",
+        "ONEDNN_MAX_CPU_ISA": "AVX2",
+        "NPY_DISABLE_CPU_FEATURES": NUMPY_ABOVE_AVX2,
+        "OPENBLAS_CORETYPE": "Haswell",
+    },
+    "avx512": {
+        "ATEN_CPU_CAPABILITY": "avx512",
+        "MKL_CBWR": "AVX512",
+        "ONEDNN_MAX_CPU_ISA": "AVX512_CORE",
+        "OPENBLAS_CORETYPE": "SkylakeX",
+    },
+    "default": {
+        "ATEN_CPU_CAPABILITY": "default",
+        "MKL_CBWR": "COMPATIBLE",
+        "ONEDNN_MAX_CPU_ISA": "SSE41",
+        "NPY_DISABLE_CPU_FEATURES": NUMPY_ABOVE_BASELINE,
+        "OPENBLAS_CORETYPE": "Nehalem",
+    },
 }
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")  # read by OpenMP and MKL when they load; torch's follow them
 PROFILE_ENV = (*ISA_ENV["avx2"], *THREAD_ENV)  # the variables a profile records
@@ -75,8 +102,10 @@ def pin_cpu_numerics(params: dict | None, stage: str | None = None) -> NumericsS
         settings = NumericsSettings(**(params or {"isa": None, "threads": None}))
     except (TypeError, ValueError) as exc:
         raise SystemExit(f"numerics in params.yaml: {exc}") from None
-    if "torch" in sys.modules:
-        raise RuntimeError("pin_cpu_numerics: torch is already imported; call it before any import that loads torch")
+    if loaded := [m for m in ("torch", "numpy") if m in sys.modules]:
+        raise RuntimeError(
+            f"pin_cpu_numerics: {' and '.join(loaded)} already imported; call it before any import that loads them"
+        )
     os.environ.update(pin_env(settings))  # torch's intra-op threads follow OMP_NUM_THREADS
     name = stage or stage_name(sys.argv)
     atexit.register(write_profile, run_log_file(f"numerics/{name}"), settings)
@@ -116,6 +145,7 @@ def numeric_profile(settings: NumericsSettings | None = None) -> dict:
         "machine": platform.machine(),
         "pinned": None if settings is None else {"isa": settings.isa, "threads": settings.threads},
         "env": {k: os.environ.get(k) for k in PROFILE_ENV},
+        "numpy_simd": numpy_simd(),
     }
     torch = sys.modules.get("torch")
     if torch is None or not hasattr(torch, "backends"):
@@ -131,6 +161,18 @@ def numeric_profile(settings: NumericsSettings | None = None) -> dict:
         "threads": torch.get_num_threads(),
         "interop_threads": torch.get_num_interop_threads(),
     }
+
+
+def numpy_simd() -> list[str] | None:
+    """The SIMD targets numpy dispatches to in this process (its ``show_runtime``'s "found"), None before it loads."""
+    numpy = sys.modules.get("numpy")
+    if numpy is None:
+        return None
+    try:
+        from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
+    except ImportError:  # numpy 1.x
+        from numpy.core._multiarray_umath import __cpu_dispatch__, __cpu_features__
+    return sorted(target for target in __cpu_dispatch__ if __cpu_features__.get(target))
 
 
 def write_profile(path: Path, settings: NumericsSettings | None = None) -> None:
