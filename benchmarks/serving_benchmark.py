@@ -2,7 +2,8 @@
 served (the merged student behind ``transformers serve``, asked through ``backend: openai`` at several
 concurrencies), beside how many served answers equal the local ones.
 
-The student is an adapter chain (default: the demo's ``models/stage2`` on ``models/demo/student_base``); it is
+The student is an adapter chain (default: the demo's ``models/stage2`` on the base its ``mmkd_adapter.json`` names,
+``pretrained/demo/student_base``); it is
 exported (``mmkd.deploy.export.export_model``) into one standalone model directory in a temporary folder, which
 ``transformers serve`` runs on CPU. With
 ``--base-url`` an already running server (e.g. vLLM on an exported checkpoint) is measured instead.
