@@ -21,7 +21,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -244,7 +243,8 @@ def choice_result(choice: str) -> dict:
 @contextlib.contextmanager
 def serve(venv: Path, work_dir: Path) -> Iterator[LabelStudio]:
     """Run Label Studio on 127.0.0.1 with its data in ``work_dir`` until the block ends (its process group)."""
-    from fault_server import free_port  # tests/ is on the path under pytest; the __main__ below needs no port
+    # tests/ is on the path under pytest; the __main__ below starts no server
+    from fault_server import free_port, stop_group
 
     data_dir = work_dir / "label-studio-data"
     data_dir.mkdir(parents=True)
@@ -262,13 +262,7 @@ def serve(venv: Path, work_dir: Path) -> Iterator[LabelStudio]:
         url = wait_until_serving(proc, log)
         yield LabelStudio(url, log, time.perf_counter() - started)
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc, timeout=20)
 
 
 def wait_until_serving(proc: subprocess.Popen, log: Path) -> str:

@@ -21,7 +21,6 @@ import json
 import logging
 import math
 import os
-import signal
 import subprocess
 import time
 import urllib.request
@@ -31,7 +30,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 import torch
-from fault_server import free_port
+from fault_server import free_port, stop_group
 from optional_installs import skip_unless_installed
 
 from mmkd.deploy.export import vllm_ready
@@ -94,17 +93,6 @@ def vllm_ready_url(proc: subprocess.Popen, port: int, log_file: Path, model_dir:
             time.sleep(0.5)
 
 
-def vllm_stop(proc: subprocess.Popen) -> None:
-    """End the server's whole process group."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
 @contextlib.contextmanager
 def vllm_servers(models: dict[str, Path], root: Path) -> Iterator[dict[str, tuple[str, float]]]:
     """vLLM serving each of ``models`` (served name -> model directory), all started at once (a start is about
@@ -121,7 +109,7 @@ def vllm_servers(models: dict[str, Path], root: Path) -> Iterator[dict[str, tupl
         yield ready
     finally:
         for proc, _ in running.values():
-            vllm_stop(proc)
+            stop_group(proc)
 
 
 @pytest.fixture(scope="session")
